@@ -1,0 +1,252 @@
+"""Typed, strictly validated run configuration.
+
+One YAML file describes one run. Unknown keys, wrong types and invalid choices are errors that name the
+dotted path, the bad value and the valid choices (``ConfigError``); nothing is silently dropped.
+``--set a.b=v`` overrides are parsed as YAML scalars and applied before validation. The resolved config
+is saved in the run folder and inside every checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which data, how it is split, augmented and batched."""
+
+    dataset: str = "mnist"
+    root: Optional[str] = None
+    train_split: str = "train"
+    #: a split name, None (select the last epoch), or "holdout": the last ``holdout_fraction`` of the
+    #: training classes become a class-disjoint validation split and are removed from training.
+    val_split: Optional[str] = "val"
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_split: str = "test"
+    transform: str = "mnist"
+    image_size: int = Field(28, gt=0)
+    resize: Optional[int] = Field(None, gt=0)
+    two_view: bool = False
+    sampler: Literal["m_per_class", "random"] = "m_per_class"
+    batch_size: int = Field(64, gt=1)
+    samples_per_class: int = Field(4, gt=0)
+    num_workers: int = Field(0, ge=0)
+    strict_images: bool = False
+    neighbour_positives: float = Field(0.0, ge=0.0, le=1.0)
+    max_train_items: Optional[int] = Field(None, gt=0)
+
+
+class ModelConfig(_Strict):
+    """Backbone + embedding head."""
+
+    backbone: str = "small_cnn"
+    pretrained: Optional[str] = None
+    embedding_dim: int = Field(64, gt=0)
+    pooling: Literal["avg", "max", "avgmax"] = "avg"
+    head_norm: Literal["none", "bn", "ln"] = "none"
+    normalize: bool = True
+    freeze_bn: bool = False
+    channels_last: bool = False
+    sync_bn: bool = False
+
+
+class LossConfig(_Strict):
+    """A registered loss and its keyword arguments (checked against the loss's signature)."""
+
+    name: str = "proxy_anchor"
+    params: Dict[str, Any] = Field(default_factory=dict)
+    proxy_lr_mult: float = Field(100.0, gt=0.0)
+
+
+class SynthesisConfig(_Strict):
+    """An optional embedding-space synthesiser wrapped around the loss."""
+
+    name: Optional[str] = None
+    params: Dict[str, Any] = Field(default_factory=dict)
+    weight: Optional[float] = Field(None, ge=0.0)
+
+
+class OptimConfig(_Strict):
+    """Optimiser and learning-rate schedule."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    backbone_lr_mult: float = Field(1.0, ge=0.0)
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    milestones: List[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0.0)
+
+
+class TrainConfig(_Strict):
+    """The loop: length, precision, clipping, validation, checkpoints, logging."""
+
+    epochs: int = Field(10, gt=0)
+    max_steps_per_epoch: Optional[int] = Field(None, gt=0)
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_clip: Optional[float] = Field(None, gt=0.0)
+    val_every: int = Field(1, gt=0)
+    select_metric: str = "recall@1"
+    checkpoint_every_steps: int = Field(0, ge=0)
+    log_every: int = Field(10, gt=0)
+    compile: bool = False
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    """Evaluation: retrieval metrics and (for seen-class protocols) weighted kNN accuracy."""
+
+    ks: List[int] = Field(default_factory=lambda: [1, 2, 4, 8])
+    nmi: bool = True
+    knn_accuracy: bool = False
+    knn_k: int = Field(200, gt=0)
+    knn_temperature: float = Field(0.1, gt=0.0)
+    batch_size: int = Field(256, gt=0)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_positive(cls, v: List[int]) -> List[int]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError(f"ks must be a non-empty list of positive integers, got {v}")
+        return sorted(set(v))
+
+
+class RunConfig(_Strict):
+    """A whole run."""
+
+    name: str = "run"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _batch_divisible(self) -> "RunConfig":
+        d = self.data
+        if d.sampler == "m_per_class" and d.batch_size % d.samples_per_class:
+            raise ValueError(
+                f"data.batch_size={d.batch_size} must be a multiple of data.samples_per_class="
+                f"{d.samples_per_class} for the m_per_class sampler"
+            )
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _section_for(e["loc"][:-1])
+            valid = ", ".join(sorted(parent.model_fields)) if parent is not None else "?"
+            lines.append(f"unknown key '{path}' in {source}; valid keys here: {valid}")
+        else:
+            got = e.get("input")
+            lines.append(f"{path}: {e['msg']} (got {got!r}) in {source}")
+    return "\n".join(lines)
+
+
+def _section_for(loc: Sequence[Any]) -> Optional[type]:
+    model: Any = RunConfig
+    for key in loc:
+        field = model.model_fields.get(key) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def parse_override(item: str) -> Tuple[List[str], Any]:
+    """Split ``a.b=value`` into (["a", "b"], parsed value); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Return a copy of ``raw`` with every ``a.b=v`` override applied (validation happens later)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for p in path[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def build_config(raw: Optional[Dict[str, Any]] = None, overrides: Sequence[str] = (), source: str = "config") -> RunConfig:
+    """Validate a raw mapping (plus overrides) into a :class:`RunConfig`."""
+    raw = dict(raw or {})
+    merged = apply_overrides(raw, overrides)
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    _check_registered_names(cfg, source)
+    return cfg
+
+
+def _check_registered_names(cfg: RunConfig, source: str) -> None:
+    from deepmetric.registry import BACKBONES, DATASETS, LOSSES, SYNTHESISERS
+
+    checks = [("data.dataset", cfg.data.dataset, DATASETS), ("loss.name", cfg.loss.name, LOSSES)]
+    if not cfg.model.backbone.startswith("timm:"):
+        checks.append(("model.backbone", cfg.model.backbone, BACKBONES))
+    if cfg.synthesis.name is not None:
+        checks.append(("synthesis.name", cfg.synthesis.name, SYNTHESISERS))
+    for path, name, reg in checks:
+        if name not in reg:
+            try:
+                reg.get(name)
+            except KeyError as exc:
+                raise ConfigError(f"{path}: {exc.args[0]} (in {source})") from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML recipe, apply ``--set`` overrides and validate."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; see the recipes in configs/ (deepmetric list)")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p} must hold a mapping of sections (data, model, loss, ...), got {type(raw).__name__}")
+    return build_config(raw, overrides, source=str(p))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
