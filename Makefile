@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 # (Re)install when pyproject.toml changes. torch/torchvision are pinned together in pyproject.toml.
 $(STAMP): pyproject.toml
@@ -18,7 +18,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/deepmetric demo
 
-test: $(STAMP)
+# Debian's Chromium drives the web page's end-to-end test (never a browser download).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	    echo "warning: could not install Debian's chromium; the browser test will be skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

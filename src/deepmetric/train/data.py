@@ -42,13 +42,20 @@ class SeededItems(Dataset):
 
 
 class EpochBatches(Sampler):
-    """Turns a batch sampler's index lists into lists of (index, item seed), optionally skipping the first
-    ``start`` batches (resuming in the middle of an epoch)."""
+    """Turns a sampler's GLOBAL batches into this process's share, as lists of (index, item seed).
 
-    def __init__(self, batch_sampler: Any, *, seed: int, rank: int = 0) -> None:
+    The sampler produces the batches one process would use with batch size ``batch_size × world_size``;
+    process r takes the r-th contiguous slice of each (m-per-class batches are class-grouped, so every
+    slice holds whole classes). Item seeds depend on the global position, so N processes see exactly the
+    images and augmentations that one process would, and the gathered batch equals the single-process one.
+    ``start`` skips the first batches of an epoch (resuming mid-epoch).
+    """
+
+    def __init__(self, batch_sampler: Any, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.batch_sampler = batch_sampler
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.start = 0
 
@@ -64,9 +71,10 @@ class EpochBatches(Sampler):
         for b, batch in enumerate(self.batch_sampler):
             if b < self.start:
                 continue
-            # Seeds depend on the batch number and the slot, not on the rank: W ranks reproduce one process.
+            per = len(batch) // self.world_size
+            lo = self.rank * per
             base = b * 1_000_003
-            yield [(int(i), item_seed(self.seed, self.epoch, base + j)) for j, i in enumerate(batch)]
+            yield [(int(batch[j]), item_seed(self.seed, self.epoch, base + j)) for j in range(lo, lo + per)]
 
 
 class ClassSubset(Dataset):
@@ -143,24 +151,24 @@ def build_train_data(cfg: RunConfig, ctx: DistContext, *, unsupervised: bool) ->
         dataset = base
     labels = np.asarray(base.labels)
     n = len(labels) if d.max_train_items is None else min(len(labels), d.max_train_items)
+    # data.batch_size is per process; the sampler draws global batches that EpochBatches slices per rank.
+    global_batch = d.batch_size * ctx.world_size
     if unsupervised or d.sampler == "random":
-        sampler: Any = RandomBatchSampler(n, batch_size=d.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
+        sampler: Any = RandomBatchSampler(n, batch_size=global_batch, seed=cfg.seed)
     else:
         sampler = MPerClassSampler(
             labels[:n],
-            classes_per_batch=d.batch_size // d.samples_per_class,
+            classes_per_batch=global_batch // d.samples_per_class,
             samples_per_class=d.samples_per_class,
             seed=cfg.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
         )
-    batches = EpochBatches(sampler, seed=cfg.seed, rank=ctx.rank)
+    batches = EpochBatches(sampler, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
     loader = DataLoader(
         SeededItems(dataset),
         batch_sampler=batches,
         num_workers=d.num_workers,
         pin_memory=ctx.device.type == "cuda",
-        persistent_workers=d.num_workers > 0,
+        persistent_workers=d.num_workers > 0 and not unsupervised,  # two-view datasets change per epoch
     )
     return TrainData(dataset, loader, batches, labels, int(base.num_classes), unsupervised)
 

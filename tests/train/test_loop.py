@@ -1,0 +1,116 @@
+"""End-to-end tests of train() on scikit-learn's 8x8 digits (seconds on CPU)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepmetric.config import build_config
+from deepmetric.train.checkpoint import CheckpointError, load_checkpoint
+from deepmetric.train.evaluate import evaluate_checkpoint
+from deepmetric.train.loop import TrainingDiverged, train
+
+TINY = {
+    "device": "cpu",
+    "data": {"dataset": "digits", "image_size": 8, "batch_size": 32, "samples_per_class": 4},
+    "model": {"backbone": "small_cnn", "embedding_dim": 16},
+    "train": {"epochs": 2, "max_steps_per_epoch": 4, "progress": False, "log_every": 1},
+    "eval": {"nmi": False},
+}
+
+
+def tiny(*overrides):
+    return build_config(TINY, list(overrides))
+
+
+def test_run_folder_holds_everything(tmp_path):
+    res = train(tiny(), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "results.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["split"] == "train" for r in records) == 8  # 2 epochs x 4 steps, logged every step
+    assert sum(r["split"] == "val" for r in records) == 2
+    assert 0.0 <= res["test"]["recall@1"] <= 1.0 and res["test"]["recall@1"] <= res["test"]["recall@8"]
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["state"]["step"] == 8 and ckpt["config"]["data"]["dataset"] == "digits"
+
+
+def test_existing_run_needs_resume(tmp_path):
+    train(tiny("train.epochs=1"), tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny("train.epochs=1"), tmp_path / "run")
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = train(tiny(), tmp_path / "full")
+    import deepmetric.train.loop as loop
+
+    real = loop.build_training_loss
+    calls = {"n": 0}
+
+    def interrupting(*a, **k):
+        loss = real(*a, **k)
+        fwd = loss.forward
+
+        def forward(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 6:  # in the middle of epoch 2
+                raise KeyboardInterrupt
+            return fwd(*args, **kwargs)
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(loop, "build_training_loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), tmp_path / "cut")
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["state"]["batch"] == 1
+    monkeypatch.setattr(loop, "build_training_loss", real)
+    resumed = train(tiny(), tmp_path / "cut", resume=True)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import deepmetric.train.loop as loop
+
+    real = loop.build_training_loss
+    calls = {"n": 0}
+
+    def exploding(*a, **k):
+        loss = real(*a, **k)
+        fwd = loss.forward
+
+        def forward(*args, **kwargs):
+            calls["n"] += 1
+            out = fwd(*args, **kwargs)
+            return out * float("nan") if calls["n"] == 6 else out
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(loop, "build_training_loss", exploding)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2.*last.pt"):
+        train(tiny(), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["state"]["epoch"] == 1
+
+
+def test_eval_checkpoint_and_mismatch(tmp_path):
+    res = train(tiny("train.epochs=1"), tmp_path / "run")
+    again = evaluate_checkpoint(tmp_path / "run" / "best.pt", split="test")
+    assert again["recall@1"] == pytest.approx(res["test"]["recall@1"], abs=1e-6)
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    state["config"]["model"]["embedding_dim"] = 8  # a checkpoint whose config builds another model
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises((CheckpointError, RuntimeError), match="another model|size mismatch"):
+        evaluate_checkpoint(tmp_path / "bad.pt")
+
+
+def test_training_improves_retrieval_over_the_untrained_network(tmp_path):
+    cfg = tiny("train.epochs=4", "train.max_steps_per_epoch=null", "optim.lr=0.003")
+    res = train(cfg, tmp_path / "run", evaluate_before=True)
+    assert res["test"]["recall@1"] > res["before"]["recall@1"] + 0.02
