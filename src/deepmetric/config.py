@@ -39,8 +39,9 @@ class DataConfig(_Strict):
     resize: Optional[int] = Field(None, gt=0)
     two_view: bool = False
     sampler: Literal["m_per_class", "random"] = "m_per_class"
-    batch_size: int = Field(64, gt=1)
-    samples_per_class: int = Field(4, gt=0)
+    #: per process. Defaults fit the embedded MNIST demo, whose training split has 3 classes (3 × 16).
+    batch_size: int = Field(48, gt=1)
+    samples_per_class: int = Field(16, gt=0)
     num_workers: int = Field(0, ge=0)
     strict_images: bool = False
     neighbour_positives: float = Field(0.0, ge=0.0, le=1.0)

@@ -76,17 +76,17 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path, name):
 @pytest.mark.slow
 def test_two_process_training_matches_one_process(tmp_path):
     common = ["--set", "device=cpu", "--set", "data.dataset=digits", "--set", "data.image_size=8",
-              "--set", "data.samples_per_class=4", "--set", "model.embedding_dim=16", "--set", "model.freeze_bn=true",
+              "--set", "data.samples_per_class=8", "--set", "model.embedding_dim=16", "--set", "model.freeze_bn=true",
               "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=3", "--set", "train.progress=false",
               "--set", "eval.nmi=false", "--set", "loss.name=multi_similarity"]
     cfg = Path(__file__).resolve().parents[2] / "configs" / "mnist_proxy_anchor.yaml"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "deepmetric", "train", "--config", str(cfg), "--out", str(tmp_path / "one"),
-                          "--set", "data.batch_size=32", *common], env=env, capture_output=True, text=True, timeout=300)
+                          "--set", "data.batch_size=16", *common], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
                           "-m", "deepmetric", "train", "--config", str(cfg), "--out", str(tmp_path / "two"),
-                          "--set", "data.batch_size=16", *common], env=env, capture_output=True, text=True, timeout=300)
+                          "--set", "data.batch_size=8", *common], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)

@@ -84,15 +84,10 @@ def build_embedding_model(cfg: RunConfig, in_chans: int) -> nn.Module:
 
 
 def model_signature(cfg: RunConfig, model: nn.Module) -> Dict[str, Any]:
-    """What must match for a checkpoint's weights to fit this model."""
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return {
-        "backbone": cfg.model.backbone,
-        "embedding_dim": cfg.model.embedding_dim,
-        "head_norm": cfg.model.head_norm,
-        "num_tensors": len(shapes),
-        "num_parameters": int(sum(int(np.prod(s)) for s in shapes.values())),
-    }
+    """What must match for a checkpoint's weights to fit this model (backbone, dims, parameter shapes)."""
+    from deepmetric.models import model_signature as signature
+
+    return signature(model)
 
 
 def _accepts_context(loss_fn: nn.Module) -> bool:
