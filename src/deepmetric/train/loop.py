@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -254,6 +256,12 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                         TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(), console=console,
                         disable=not (cfg.train.progress and ctx.is_main), transient=True)
     t_start = time.time()
+    # Ctrl-C (SIGINT) only sets a flag: the step in flight completes, then the state is saved and the run
+    # stops. Saving in the middle of a step would store half-updated BatchNorm statistics.
+    stop = {"requested": False}
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     try:
         with progress:
             task = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"))
@@ -315,6 +323,10 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                         log({"split": "train", "epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
                     if cfg.train.checkpoint_every_steps and state["step"] % cfg.train.checkpoint_every_steps == 0:
                         checkpoint(last_path)
+                    if stop["requested"]:
+                        checkpoint(last_path)
+                        say(f"[yellow]interrupted[/]: progress saved to {last_path} after step {state['step']}; continue with --resume")
+                        raise KeyboardInterrupt
                 state["epoch"], state["batch"] = epoch + 1, 0
                 if cfg.data.val_split and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
                     val = evaluate(model, cfg, ctx, cfg.data.val_split)
@@ -327,10 +339,9 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                         state["best"], state["best_epoch"] = score, epoch + 1
                         checkpoint(best_path)
                 checkpoint(last_path)
-    except KeyboardInterrupt:
-        checkpoint(last_path)
-        say(f"[yellow]interrupted[/]: progress saved to {last_path}; continue with --resume")
-        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
 
     results["train_seconds"] = time.time() - t_start
     # Final test evaluation with the checkpoint selected on the validation split (never on test).
