@@ -61,7 +61,7 @@ def run_one(job):
     from deepmetric.train.evaluate import embed_checkpoint
     from deepmetric.train.loop import train
 
-    overrides = [f"seed={seed}", f"train.epochs={epochs}", f"device={device}", "train.progress=false",
+    overrides = [f"seed={seed}", f"train.epochs={epochs}", f"device={device}", "train.progress=false", "train.report=false",
                  "eval.knn_accuracy=true"]
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
     with tempfile.TemporaryDirectory() as tmp:

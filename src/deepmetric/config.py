@@ -105,6 +105,8 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, gt=0)
     compile: bool = False
     progress: bool = True
+    #: write retrieval grids, an embedding map and training curves into RUN_DIR/report at the end
+    report: bool = True
 
 
 class EvalConfig(_Strict):

@@ -77,7 +77,7 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path, name):
 def test_two_process_training_matches_one_process(tmp_path):
     common = ["--set", "device=cpu", "--set", "data.dataset=digits", "--set", "data.image_size=8",
               "--set", "data.samples_per_class=8", "--set", "model.embedding_dim=16", "--set", "model.freeze_bn=true",
-              "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=3", "--set", "train.progress=false",
+              "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=3", "--set", "train.progress=false", "--set", "train.report=false",
               "--set", "eval.nmi=false", "--set", "loss.name=multi_similarity"]
     cfg = Path(__file__).resolve().parents[2] / "configs" / "mnist_proxy_anchor.yaml"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

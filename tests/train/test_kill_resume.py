@@ -14,7 +14,7 @@ from deepmetric.train.checkpoint import load_checkpoint
 
 CFG = Path(__file__).resolve().parents[2] / "configs" / "mnist_proxy_anchor.yaml"
 SETS = ["device=cpu", "data.dataset=digits", "data.image_size=8", "data.batch_size=24", "data.samples_per_class=8", "model.embedding_dim=16",
-        "train.epochs=2", "train.max_steps_per_epoch=6", "train.progress=false", "train.checkpoint_every_steps=1", "eval.nmi=false"]
+        "train.epochs=2", "train.max_steps_per_epoch=6", "train.progress=false", "train.checkpoint_every_steps=1", "train.report=false", "eval.nmi=false"]
 
 
 def _cmd(out, *extra):

@@ -353,6 +353,13 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
     if ctx.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         writer.close()
+        if cfg.train.report:
+            from deepmetric.serve.report import write_report
+
+            try:
+                write_report(out)
+            except Exception as exc:  # a plot must never cost a finished training run
+                say(f"[yellow]warning[/]: the visual report failed ({type(exc).__name__}: {exc}); retry with deepmetric report {out}")
     return results
 
 

@@ -1,0 +1,47 @@
+"""Regenerate every benchmark and collect their tables into benchmarks/RESULTS.md (`make bench`).
+
+The accuracy table trains 12 methods × 3 seeds; on this 2-core CPU that takes hours, so by default it is
+re-collected from its last committed result (benchmarks/results/accuracy.md); pass --accuracy to rerun it
+(on a GPU machine: --accuracy --device cuda --jobs 8).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PARTS = [
+    ("Evaluation engine vs PML AccuracyCalculator", "eval.md", ["bench_eval.py", "--sizes", "cub,sop"]),
+    ("Losses and synthesisers: forward + backward", "losses.md", ["bench_losses.py"]),
+    ("Training step throughput", "train_step.md", ["bench_train_step.py"]),
+    ("Search service load test", "serve.md", ["bench_serve.py"]),
+    ("Accuracy on the embedded MNIST split", "accuracy.md", None),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--accuracy", action="store_true", help="also rerun the accuracy benchmark")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--collect-only", action="store_true")
+    a = ap.parse_args()
+    for _, _, cmd in PARTS:
+        if cmd and not a.collect_only:
+            subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True, cwd=HERE.parent)
+    if a.accuracy and not a.collect_only:
+        subprocess.run([sys.executable, str(HERE / "bench_accuracy.py"), "--device", a.device, "--jobs", str(a.jobs)], check=True, cwd=HERE.parent)
+    out = ["# deepmetric benchmark results", "", "Regenerate with `make bench` (see benchmarks/run_all.py). Each section is "
+           "copied from benchmarks/results/ and states the command, date and machine that produced it.", ""]
+    for title, name, _ in PARTS:
+        p = HERE / "results" / name
+        body = p.read_text().split("\n", 1)[1] if p.exists() else "\n(not yet measured)\n"
+        out += [f"## {title}", body.strip(), ""]
+    (HERE / "RESULTS.md").write_text("\n".join(out))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""A saved, searchable gallery: a faiss index over unit-norm embeddings plus the metadata to show results.
+
+Similarity is cosine: every vector is L2-normalised at the faiss boundary (build and search), so faiss's
+inner product IS the cosine similarity. Three index kinds:
+
+* ``"flat"`` (``IndexFlatIP``): exact search; the reference the others are measured against.
+* ``"hnsw"`` (``IndexHNSWFlat``, inner product): graph search, no training, memory ≈ flat + graph.
+* ``"ivfpq"`` (``IndexIVFPQ`` over an ``IndexFlatIP`` coarse quantiser): inverted lists + product
+  quantisation, trained on the gallery itself; compact and approximate (its scores are reconstructions).
+
+A saved index is a folder::
+
+    DIR/index.faiss   the faiss index (faiss.write_index)
+    DIR/index.json    metadata: kind, dim, count, search parameters, and what the caller stored
+                      (paths, labels, class names, model signature, config, ...)
+
+:func:`measured_recall` reports how much of the exact top-k an approximate index returns, so the
+approximation is quoted as a measured number, never assumed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+INDEX_FILE = "index.faiss"
+META_FILE = "index.json"
+KINDS = ("flat", "hnsw", "ivfpq")
+FORMAT_VERSION = 1
+
+
+class SearchIndexError(ValueError):
+    """A saved index that cannot be used (missing/damaged files, wrong model); the message says what to do."""
+
+
+def as_float32_matrix(x: Any, name: str) -> np.ndarray:
+    """The one faiss boundary: a torch tensor or array (n, d) -> contiguous float32 numpy (n, d), checked."""
+    if hasattr(x, "detach"):  # torch tensor: faiss reads host memory only
+        x = x.detach().float().cpu().numpy()
+    arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be a 2-D (n, d) matrix with d >= 1, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} holds {bad} row(s) with NaN or infinite values; embed with a model that does not diverge")
+    return arr
+
+
+def _unit_rows(x: Any, name: str) -> np.ndarray:
+    """Rows scaled to unit L2 norm (a copy), so that inner product = cosine. Zero rows stay zero."""
+    import faiss
+
+    arr = as_float32_matrix(x, name).copy()
+    faiss.normalize_L2(arr)
+    return arr
+
+
+def _default_pq_m(dim: int) -> int:
+    """Number of PQ sub-quantisers: the largest divisor of ``dim`` that is ≤ 64 and leaves ≥ 2 dims per sub-vector."""
+    candidates = [m for m in range(1, min(dim, 64) + 1) if dim % m == 0 and dim // m >= 2]
+    return max(candidates) if candidates else 1
+
+
+def _default_ivfpq_params(n: int, dim: int) -> Dict[str, int]:
+    """IVF-PQ sizes that train on ``n`` gallery vectors without faiss's too-few-points errors.
+
+    nlist ≈ √n, capped so each list gets ≥ 39 training points (faiss's k-means rule of thumb);
+    nbits ≤ 8 so the 2**nbits PQ centroids get ≥ 39 points each too; nprobe = a quarter of the lists (≥ 1).
+    """
+    nlist = max(1, min(int(round(math.sqrt(n))), n // 39))
+    nbits = int(max(1, min(8, math.floor(math.log2(max(2.0, n / 39))))))
+    return {"nlist": nlist, "pq_m": _default_pq_m(dim), "nbits": nbits, "nprobe": max(1, nlist // 4)}
+
+
+class SearchIndex:
+    """A faiss index over L2-normalised gallery embeddings, with JSON metadata, saved as a folder.
+
+    Build with :meth:`build`, query with :meth:`search`, persist with :meth:`save` / :meth:`load`.
+
+    Attributes:
+        index: the faiss index (inner product on unit vectors = cosine similarity).
+        metadata: JSON-serialisable dict. Always holds ``kind``, ``dim``, ``count``, ``metric`` ("cosine")
+            and ``params`` (search/training parameters); plus what the caller passed to :meth:`build`, e.g.
+            ``labels`` (count ints, −1 = unknown), ``paths`` (count strings), ``class_names``,
+            ``model_signature``, ``config``.
+    """
+
+    def __init__(self, index: Any, metadata: Dict[str, Any]) -> None:
+        self.index = index
+        self.metadata = metadata
+
+    # ------------------------------------------------------------------------------------------ build
+    @classmethod
+    def build(
+        cls,
+        embeddings: Any,
+        *,
+        kind: str = "flat",
+        metadata: Optional[Dict[str, Any]] = None,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+        nlist: Optional[int] = None,
+        pq_m: Optional[int] = None,
+        nbits: Optional[int] = None,
+        nprobe: Optional[int] = None,
+    ) -> "SearchIndex":
+        """Index ``embeddings`` (n, d) for cosine search.
+
+        Args:
+            embeddings: (n, d) gallery embeddings (torch or numpy); normalised here, so any scale works.
+            kind: "flat" (exact), "hnsw" or "ivfpq" (approximate; see the module docstring).
+            metadata: extra JSON-serialisable fields stored with the index. ``labels`` and ``paths``, when
+                given, must have one entry per row.
+            hnsw_m: HNSW neighbours per node (M). ef_construction / ef_search: HNSW beam widths.
+            nlist / pq_m / nbits / nprobe: IVF-PQ lists, sub-quantisers, bits per code and lists probed per
+                query; ``None`` = sizes derived from n and d (``_default_ivfpq_params``).
+
+        Returns:
+            The built index.
+
+        Raises:
+            ValueError: unknown kind, empty or non-finite embeddings, metadata of the wrong length, or
+                IVF-PQ sizes that the gallery cannot train (the message gives the limits).
+        """
+        import faiss
+
+        if kind not in KINDS:
+            raise ValueError(f"index kind={kind!r} is not one of {KINDS}")
+        x = _unit_rows(embeddings, "embeddings")
+        n, d = x.shape
+        if n == 0:
+            raise ValueError("embeddings is empty (0 rows); an index needs at least one gallery item")
+        meta = dict(metadata or {})
+        for key in ("labels", "paths"):
+            if meta.get(key) is not None and len(meta[key]) != n:
+                raise ValueError(f"metadata[{key!r}] has {len(meta[key])} entries but there are {n} embeddings; pass one per row")
+        params: Dict[str, Any] = {}
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "hnsw":
+            if hnsw_m < 2 or ef_search < 1 or ef_construction < 1:
+                raise ValueError(f"hnsw_m={hnsw_m} must be >= 2 and ef_search={ef_search}, ef_construction={ef_construction} >= 1")
+            index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+            params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
+        else:
+            auto = _default_ivfpq_params(n, d)
+            params = {
+                "nlist": auto["nlist"] if nlist is None else nlist,
+                "pq_m": auto["pq_m"] if pq_m is None else pq_m,
+                "nbits": auto["nbits"] if nbits is None else nbits,
+            }
+            params["nprobe"] = max(1, params["nlist"] // 4) if nprobe is None else nprobe
+            if d % params["pq_m"]:
+                raise ValueError(f"pq_m={params['pq_m']} must divide the embedding dimension {d}")
+            if not 1 <= params["nlist"] <= n or not 1 <= params["nbits"] <= 16 or not 1 <= params["nprobe"]:
+                raise ValueError(f"IVF-PQ needs 1 <= nlist <= n ({n}), 1 <= nbits <= 16 and nprobe >= 1; got {params}")
+            if n < 2 ** params["nbits"]:
+                raise ValueError(f"IVF-PQ with nbits={params['nbits']} trains {2 ** params['nbits']} centroids per sub-quantiser but the gallery has only {n} vectors; lower nbits or use kind='flat'")
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["pq_m"], params["nbits"], faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+        index.add(x)
+        meta.update({"format_version": FORMAT_VERSION, "kind": kind, "dim": d, "count": n, "metric": "cosine", "params": params})
+        out = cls(index, meta)
+        out._apply_search_params()
+        return out
+
+    def _apply_search_params(self) -> None:
+        """Search-time knobs are set from the metadata (faiss does not persist all of them)."""
+        p = self.metadata.get("params", {})
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(p.get("ef_search", 64))
+        elif self.kind == "ivfpq":
+            self.index.nprobe = int(p.get("nprobe", 1))
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def kind(self) -> str:
+        return str(self.metadata["kind"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.metadata["dim"])
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def labels(self) -> Optional[List[int]]:
+        return self.metadata.get("labels")
+
+    @property
+    def paths(self) -> Optional[List[str]]:
+        return self.metadata.get("paths")
+
+    @property
+    def class_names(self) -> Optional[List[str]]:
+        return self.metadata.get("class_names")
+
+    def __repr__(self) -> str:
+        return f"SearchIndex(kind={self.kind!r}, count={len(self)}, dim={self.dim})"
+
+    # ---------------------------------------------------------------------------------------- search
+    def search(self, queries: Any, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar gallery items of each query.
+
+        Args:
+            queries: (q, d) query embeddings (torch or numpy; normalised here).
+            k: neighbours per query; more than the gallery holds is clipped to its size.
+
+        Returns:
+            (scores, ids): (q, min(k, count)) float32 cosine similarities, best first, and int64 gallery
+            row ids. An approximate index that finds fewer than k items pads with id −1 and score −inf.
+        """
+        if k < 1:
+            raise ValueError(f"k={k} must be >= 1")
+        q = _unit_rows(queries, "queries")
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries have dimension {q.shape[1]} but the index holds {self.dim}-dimensional embeddings; embed the queries with the index's model")
+        k = min(int(k), len(self))
+        scores, ids = self.index.search(q, k)
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids.astype(np.int64)
+
+    # --------------------------------------------------------------------------------- save and load
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``DIR/index.faiss`` and ``DIR/index.json`` (created as needed; the JSON is written last,
+        through a temporary file, so a folder with a readable ``index.json`` holds a complete index)."""
+        import faiss
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(directory / INDEX_FILE))
+        tmp = directory / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.metadata, indent=1))
+        os.replace(tmp, directory / META_FILE)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, expected_dim: Optional[int] = None) -> "SearchIndex":
+        """Read an index folder written by :meth:`save`, checking that it is complete and consistent.
+
+        Args:
+            directory: the index folder.
+            expected_dim: when given, the embedding dimension of the model that will embed queries; a
+                different index dimension is an error.
+
+        Raises:
+            SearchIndexError: folder or file missing, unreadable, or inconsistent (the message says what to do).
+        """
+        import faiss
+
+        directory = Path(directory)
+        rebuild = "build it with `deepmetric index build --checkpoint CKPT --out DIR`"
+        if not directory.is_dir():
+            raise SearchIndexError(f"index folder {str(directory)!r} does not exist; {rebuild}")
+        meta_path, index_path = directory / META_FILE, directory / INDEX_FILE
+        for p in (meta_path, index_path):
+            if not p.is_file():
+                raise SearchIndexError(f"{str(directory)!r} is not a complete index: {p.name} is missing; {rebuild}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SearchIndexError(f"{meta_path} is not readable JSON ({exc}); {rebuild}") from None
+        missing = [k for k in ("kind", "dim", "count") if k not in (meta if isinstance(meta, dict) else {})]
+        if missing:
+            raise SearchIndexError(f"{meta_path} lacks the field(s) {missing}; it was not written by SearchIndex.save. {rebuild.capitalize()}")
+        if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise SearchIndexError(f"{meta_path} has format_version {meta['format_version']}, newer than this deepmetric reads ({FORMAT_VERSION}); upgrade deepmetric")
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as exc:
+            raise SearchIndexError(f"{index_path} could not be read by faiss ({str(exc).splitlines()[0] if str(exc) else exc}); {rebuild}") from None
+        if index.d != meta["dim"] or index.ntotal != meta["count"]:
+            raise SearchIndexError(
+                f"{directory}: {INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d} but {META_FILE} says "
+                f"{meta['count']} of dimension {meta['dim']}; the two files come from different builds. {rebuild.capitalize()}"
+            )
+        if expected_dim is not None and expected_dim != meta["dim"]:
+            raise SearchIndexError(
+                f"{directory} holds {meta['dim']}-dimensional embeddings but the model produces {expected_dim}-dimensional "
+                f"ones; the index was built with another model. Rebuild it with this model's checkpoint: {rebuild}"
+            )
+        out = cls(index, meta)
+        out._apply_search_params()
+        return out
+
+    def check_model(self, signature: Dict[str, Any], source: str = "the model") -> None:
+        """Refuse a query model other than the one the gallery was embedded with.
+
+        Args:
+            signature: ``deepmetric.models.model_signature(model)`` of the query model.
+            source: how to name the query model in the error.
+
+        Raises:
+            SearchIndexError: dimension or architecture differs (the message lists the differences).
+        """
+        if signature.get("embedding_dim") is not None and signature["embedding_dim"] != self.dim:
+            raise SearchIndexError(
+                f"{source} produces {signature['embedding_dim']}-dimensional embeddings but the index holds {self.dim}-dimensional "
+                f"ones; rebuild the index with `deepmetric index build` and this model's checkpoint"
+            )
+        theirs = self.metadata.get("model_signature")
+        if theirs and theirs != signature:
+            diffs = [f"{k}: index {theirs.get(k)!r} vs {signature.get(k)!r}" for k in sorted(set(theirs) | set(signature)) if theirs.get(k) != signature.get(k)]
+            raise SearchIndexError(f"the index was built with another model than {source} ({'; '.join(diffs)}); rebuild the index with this model's checkpoint")
+
+
+def measured_recall(index: SearchIndex, exact: SearchIndex, queries: Any, k: int) -> float:
+    """Recall@k of an approximate index against exact search: the mean share of each query's exact top-k
+    ids that the approximate top-k also returns (1.0 = identical neighbour sets).
+
+    Args:
+        index: the approximate index (e.g. kind "hnsw" or "ivfpq").
+        exact: a "flat" index over the same gallery, in the same row order.
+        queries: (q, d) query embeddings.
+        k: neighbours compared per query.
+    """
+    if len(index) != len(exact) or index.dim != exact.dim:
+        raise ValueError(f"the two indexes hold different galleries ({len(index)}×{index.dim} vs {len(exact)}×{exact.dim}); build both from the same embeddings")
+    _, approx_ids = index.search(queries, k)
+    _, true_ids = exact.search(queries, k)
+    hits = [len(set(a[a >= 0].tolist()) & set(t.tolist())) / t.size for a, t in zip(approx_ids, true_ids)]
+    return float(np.mean(hits))
+
+
+def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0.3, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Synthetic unit vectors around ``clusters`` random centres (for recall measurements), and their cluster ids.
+
+    Args:
+        n: number of vectors. dim: their dimension. clusters: number of centres.
+        spread: typical norm of the Gaussian noise added to each unit centre before re-normalising.
+        seed: seed of a private numpy Generator (the global RNG is untouched).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    ids = rng.integers(0, clusters, size=n)
+    # Per-coordinate std spread/√dim: the noise vector's norm is ≈ spread whatever the dimension.
+    x = centres[ids] + (spread / math.sqrt(dim)) * rng.standard_normal((n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), ids.astype(np.int64)
+
+
+__all__: Sequence[str] = ("SearchIndex", "SearchIndexError", "measured_recall", "clustered_vectors", "KINDS", "INDEX_FILE", "META_FILE")

@@ -1,0 +1,252 @@
+"""HTTP search service over a saved index: ``create_app(index_dir) -> FastAPI``.
+
+Routes:
+    GET  /             a self-contained web page (HTML + vanilla JS, no CDN): upload or pick an image,
+                       see the top-k gallery items with scores and correct/incorrect marks.
+    GET  /health       liveness and what is served (item count, dimension, index kind).
+    GET  /info         what the page needs: classes, a few example gallery items, limits.
+    POST /search?k=10  an image (multipart field ``file``, or the raw bytes as the body) -> JSON neighbours
+                       ``{"k", "query", "results": [{rank, id, score, label, class_name, name, thumbnail_url}]}``.
+    GET  /items/{id}   the thumbnail of indexed item ``id``.
+
+Safety: an item is addressed only by its integer row in the index metadata, never by a path, so only
+indexed images can be served. Uploads are bounded in bytes (checked while reading, before parsing) and in
+pixels (checked from the image header, before decoding: a per-app limit, PIL's global
+``Image.MAX_IMAGE_PIXELS`` is left alone); non-images are rejected with 415, damaged images with 400,
+oversize ones with 413. Every error is JSON ``{"error": "..."}`` that says what was wrong.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+
+STATIC_DIR = Path(__file__).parent / "static"
+#: Room for the multipart envelope (boundaries, part headers) on top of the image-size limit.
+MULTIPART_SLACK = 64 * 1024
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode uploaded bytes into a PIL image, refusing non-images and images over ``max_pixels``.
+
+    The pixel count is read from the header (``Image.open`` is lazy) and checked before any pixel is
+    decoded. EXIF orientation is applied; the first frame of an animation is used.
+
+    Raises:
+        ApiError: 400 empty or damaged data, 413 too many pixels, 415 not an image.
+    """
+    if not data:
+        raise ApiError(400, "the upload is empty; send an image file (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:  # PIL's own hard limit, hit while reading the header
+        raise ApiError(413, f"image refused as a decompression bomb: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise ApiError(415, "the upload is not an image that can be read; send PNG, JPEG, WebP, BMP, GIF or TIFF") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ApiError(413, f"image is {width}×{height} = {width * height:,} pixels; the limit is {max_pixels:,} pixels. Send a smaller image")
+    if width == 0 or height == 0:
+        raise ApiError(400, f"image has no pixels ({width}×{height})")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
+        raise ApiError(400, f"the image data is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
+    return image
+
+
+def create_app(
+    index_dir: str | os.PathLike,
+    *,
+    max_upload_bytes: int = 10 * 1024 * 1024,
+    max_image_pixels: int = 40_000_000,
+    max_k: int = 100,
+    default_k: int = 10,
+    num_examples: int = 8,
+    device: str = "auto",
+    searcher: Optional[Any] = None,
+) -> FastAPI:
+    """A FastAPI app serving searches over the index folder ``index_dir`` (see the module docstring).
+
+    Args:
+        index_dir: a folder written by ``deepmetric index build``.
+        max_upload_bytes: largest accepted image file (bytes); larger uploads get 413.
+        max_image_pixels: largest accepted width × height; larger images get 413 before decoding.
+        max_k: largest ``k`` a request may ask for. default_k: ``k`` when the request gives none.
+        num_examples: example gallery items offered by the page (one per class while classes last).
+        device: where the query model runs ("auto", "cpu", "cuda").
+        searcher: an already opened ``IndexSearcher`` (tests, several apps over one index).
+
+    Raises:
+        SearchIndexError: the index folder is incomplete or inconsistent (raised now, not per request).
+    """
+    from deepmetric.serve.indexing import IndexSearcher
+
+    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_image_pixels", max_image_pixels), ("max_k", max_k)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+    if not 1 <= default_k <= max_k:
+        raise ValueError(f"default_k={default_k} must be between 1 and max_k={max_k}")
+    searcher = searcher or IndexSearcher(index_dir, device=device)
+    meta = searcher.index.metadata
+    n_items = len(searcher)
+    examples = _pick_examples(searcher, num_examples)
+
+    app = FastAPI(title="deepmetric search", version="1", docs_url="/docs", redoc_url=None)
+    app.state.searcher = searcher
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/health")
+    async def health() -> Dict[str, Any]:
+        return {"status": "ok", "items": n_items, "dim": searcher.index.dim, "kind": searcher.index.kind}
+
+    @app.get("/info")
+    async def info() -> Dict[str, Any]:
+        sig = meta.get("model_signature") or {}
+        return {
+            "items": n_items,
+            "dim": searcher.index.dim,
+            "kind": searcher.index.kind,
+            "model": sig.get("backbone"),
+            "source": meta.get("source"),
+            "class_names": meta.get("class_names") or [],
+            "examples": [{**searcher.item(i), "thumbnail_url": f"/items/{i}"} for i in examples],
+            "max_k": max_k,
+            "default_k": default_k,
+            "max_upload_bytes": max_upload_bytes,
+            "max_image_pixels": max_image_pixels,
+        }
+
+    @app.post("/search")
+    async def search(request: Request) -> Dict[str, Any]:
+        k = _parse_k(request.query_params.get("k"), default_k, max_k)
+        body = await _read_capped(request, max_upload_bytes + MULTIPART_SLACK, max_upload_bytes)
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            data = await _multipart_file(request, body)
+        else:
+            data = body
+        if len(data) > max_upload_bytes:
+            raise ApiError(413, f"the image file is {len(data):,} bytes; the limit is {max_upload_bytes:,} bytes")
+
+        def work() -> Dict[str, Any]:
+            image = decode_image(data, max_pixels=max_image_pixels)
+            query = {"width": image.width, "height": image.height, "mode": image.mode, "bytes": len(data)}
+            results = searcher.search([image], k)[0]
+            for r in results:
+                r["thumbnail_url"] = f"/items/{r['id']}"
+            return {"k": k, "query": query, "results": results}
+
+        return await run_in_threadpool(work)
+
+    @app.get("/items/{item_id}")
+    async def item(item_id: str) -> Response:
+        # Ids are row numbers into the metadata: anything but a plain decimal number is refused up front.
+        if not (item_id.isascii() and item_id.isdigit()) or len(item_id) > 12:
+            raise ApiError(400, f"item id {item_id[:40]!r} is not an integer; items are addressed by their number 0..{n_items - 1}")
+        i = int(item_id)
+        if i >= n_items:
+            raise ApiError(404, f"no item {i}; the index holds items 0..{n_items - 1}")
+        try:
+            content, media_type = await run_in_threadpool(searcher.thumbnail, i)
+        except FileNotFoundError as exc:
+            raise ApiError(404, str(exc)) from None
+        return Response(content, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+
+    return app
+
+
+def _parse_k(raw: Optional[str], default: int, max_k: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        k = int(raw)
+    except ValueError:
+        raise ApiError(422, f"k={raw[:20]!r} is not an integer; pass k between 1 and {max_k}") from None
+    if not 1 <= k <= max_k:
+        raise ApiError(422, f"k={k} is out of range; pass k between 1 and {max_k}")
+    return k
+
+
+async def _read_capped(request: Request, cap: int, file_limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``cap`` bytes (never read further)."""
+    too_big = f"the upload is larger than the limit of {file_limit:,} bytes for an image file; send a smaller image"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise ApiError(413, too_big)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(413, too_big)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_file(request: Request, body: bytes) -> bytes:
+    """The bytes of the one file part of a multipart body already read into memory."""
+    sent = False
+
+    async def replay() -> Dict[str, Any]:  # hands the buffered body to the form parser once
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=20)
+    except Exception as exc:  # noqa: BLE001 - the parser raises several types for malformed bodies
+        raise ApiError(400, f"the multipart body could not be parsed ({exc}); send the image as form field 'file'") from None
+    part = form.get("file")
+    if part is None:
+        part = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+    if not isinstance(part, UploadFile):
+        raise ApiError(400, "no file in the form; send the image as multipart form field 'file'")
+    data = await part.read()
+    await form.close()
+    return data
+
+
+def _pick_examples(searcher: Any, n: int) -> list:
+    """Up to ``n`` gallery ids: the first item of each class in turn (then more per class), deterministic."""
+    labels = searcher.index.metadata.get("labels") or []
+    if not labels or all(v < 0 for v in labels):
+        return list(range(min(n, len(searcher))))
+    by_class: Dict[int, list] = {}
+    for i, v in enumerate(labels):
+        by_class.setdefault(int(v), []).append(i)
+    picked, depth = [], 0
+    while len(picked) < n and any(depth < len(v) for v in by_class.values()):
+        for c in sorted(by_class):
+            if depth < len(by_class[c]) and len(picked) < n:
+                picked.append(by_class[c][depth])
+        depth += 1
+    return picked
