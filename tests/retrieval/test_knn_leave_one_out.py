@@ -32,4 +32,4 @@ def test_leave_one_out_equals_loop(k):
 def test_leave_one_out_needs_the_same_set():
     z = torch.nn.functional.normalize(torch.randn(10, 3), dim=1)
     with pytest.raises(ValueError, match="memory to be the test set"):
-        knn_accuracy(z, torch.zeros(10), z[:5], torch.zeros(5), k=3, exclude_self=True)
+        knn_accuracy(z, torch.zeros(10, dtype=torch.long), z[:5], torch.zeros(5, dtype=torch.long), k=3, exclude_self=True)
