@@ -5,7 +5,7 @@ TINY = {
     "device": "cpu",
     "data": {"dataset": "digits", "image_size": 8, "batch_size": 24, "samples_per_class": 8},
     "model": {"backbone": "small_cnn", "embedding_dim": 16},
-    "train": {"epochs": 1, "max_steps_per_epoch": 2, "progress": False, "log_every": 1},
+    "train": {"epochs": 1, "max_steps_per_epoch": 2, "progress": False, "log_every": 1, "report": False},
     "eval": {"nmi": False},
 }
 
