@@ -19,8 +19,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="deepmetric: 
 console = Console()
 err_console = Console(stderr=True)
 
-#: Metrics shown in tables, in this order, when present.
-TABLE_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi", "knn_accuracy")
+#: Metrics shown in tables, in this order, when present, with their column headers (short enough that
+#: a table of all of them fits an 80-column terminal).
+TABLE_METRICS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R",
+                 "r_precision": "R-prec", "nmi": "NMI", "knn_accuracy": "kNN acc"}
 
 
 def _expected_errors() -> tuple:
@@ -55,7 +57,7 @@ def metrics_table(title: str, rows: dict) -> Table:
     table = Table(title=title)
     table.add_column("")
     for k in keys:
-        table.add_column(k, justify="right")
+        table.add_column(TABLE_METRICS[k], justify="right")
     for name, r in rows.items():
         table.add_row(name, *(f"{100 * r[k]:.2f}" if k in r else "-" for k in keys))
     return table
@@ -65,7 +67,7 @@ def metrics_table(title: str, rows: dict) -> Table:
 @friendly
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder (replaced if it holds an earlier demo)"),
-    epochs: int = typer.Option(4, help="training epochs"),
+    epochs: int = typer.Option(8, help="training epochs"),
 ) -> None:
     """Train briefly on the embedded MNIST unseen-class split and print test metrics before and after."""
     import shutil
@@ -81,7 +83,9 @@ def demo(
     console.print(f"[bold]deepmetric demo[/]: {cfg.loss.name} on embedded MNIST (train digits 0-2, validate 3-4, test unseen 5-9)")
     res = train(cfg, out, evaluate_before=True, console=console)
     console.print(metrics_table("test split (unseen digits 5-9), %", {"before training": res["before"], "after training": res["test"]}))
-    console.print(f"run folder: {out} (config.yaml, best.pt, last.pt, metrics.jsonl, results.json, tb/)")
+    console.print(f"after training = best.pt, epoch {res.get('selected_epoch')} of {epochs}, selected on the validation "
+                  f"digits 3-4 by {cfg.train.select_metric} (the test digits are never used for selection)")
+    console.print(f"run folder: {out} (config.yaml, best.pt, last.pt, metrics.jsonl, results.json, tb/, report/)")
 
 
 @app.command("train")
