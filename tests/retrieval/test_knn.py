@@ -30,6 +30,21 @@ def test_self_search_equals_brute_force(block_size, k):
     assert not (idx == torch.arange(50)[:, None]).any()  # never itself
 
 
+@pytest.mark.parametrize("tile, block_size", [(8, 20), (8, 16), (3, 50), (16, 5)])
+def test_tiles_narrower_than_row_blocks_equal_brute_force(monkeypatch, tile, block_size):
+    # Row blocks that are not a multiple of the tile split a diagonal square across two row blocks.
+    monkeypatch.setattr(knn_module, "TILE", tile)
+    x = _data(50, 12, 0)
+    for exclude in (True, False):
+        sims, idx = topk_search(x, k=7, exclude_self=exclude, block_size=block_size)
+        ref_s, ref_i = _brute(x, x, 7, exclude_diag=exclude)
+        assert torch.equal(idx, ref_i)
+        torch.testing.assert_close(sims.double(), ref_s, atol=1e-5, rtol=0)
+    q, g = _data(23, 12, 2), _data(37, 12, 3)
+    _, idx = topk_search(q, g, k=6, block_size=block_size)
+    assert torch.equal(idx, _brute(q, g, 6, exclude_diag=False)[1])
+
+
 def test_self_search_keeping_self_puts_each_unit_vector_first():
     x = torch.nn.functional.normalize(_data(30, 6, 1), dim=1)
     sims, idx = topk_search(x, k=3, exclude_self=False, block_size=4)
@@ -66,7 +81,8 @@ def test_numpy_and_float64_inputs_give_the_same_result():
     assert torch.equal(i_t, i_n) and torch.equal(s_t, s_n)
 
 
-def test_symmetric_path_multiplies_each_block_pair_once_with_bounded_blocks(monkeypatch):
+@pytest.mark.parametrize("n, bs", [(50, 7), (50, 1000), (1300, 1000), (3000, 1000)])
+def test_symmetric_path_multiplies_each_pair_once_with_bounded_tiles(monkeypatch, n, bs):
     """Memory bound and half the FLOPs, by construction: record every product the search makes."""
     shapes = []
     real_mm = torch.mm
@@ -76,13 +92,16 @@ def test_symmetric_path_multiplies_each_block_pair_once_with_bounded_blocks(monk
         return real_mm(a, b, out=out)
 
     monkeypatch.setattr(knn_module.torch, "mm", spy)
-    n, d, bs = 50, 4, 7
+    d = 4
+    w = min(bs, knn_module.TILE)
     topk_search(_data(n, d, 6), k=3, block_size=bs)
-    assert max(r for r, _, _ in shapes) <= bs and max(c for _, c, _ in shapes) <= bs
-    sizes = [min(bs, n - i) for i in range(0, n, bs)]
-    pairs_once = (n * n + sum(s * s for s in sizes)) // 2  # Σ_{i<=j} |B_i||B_j|
-    assert sum(r * c for r, c, _ in shapes) == pairs_once  # 1422 of the 2500 entries
-    assert sum(r * c * dd for r, c, dd in shapes) < 0.6 * n * n * d
+    assert max(r for r, _, _ in shapes) <= bs and max(c for _, c, _ in shapes) <= w
+    # tile [c0, c1) multiplies the rows 0..c1 once: the pairs above the diagonal plus its w x w square
+    expected = sum(min(c0 + w, n) * (min(c0 + w, n) - c0) for c0 in range(0, n, w))
+    assert sum(r * c for r, c, _ in shapes) == expected
+    assert expected <= (n * n + n * w) / 2
+    if n >= 5 * w:  # many tiles: close to half of a plain search's n^2 products
+        assert sum(r * c * dd for r, c, dd in shapes) < 0.6 * n * n * d
 
 
 def test_equal_similarities_are_ordered_by_lower_index_first():

@@ -5,18 +5,18 @@ classifier. Design:
 
 * One boundary, :func:`as_float32_matrix`, turns numpy arrays or torch tensors into contiguous float32
   CPU tensors and checks their shape and finiteness; nothing past it re-checks.
-* The similarity matrix is never materialised: blocks of ``block_size × block_size`` similarities are
-  computed with one ``torch.mm`` each and pushed into faiss's per-query min-heaps of size ``k``
-  (``faiss.float_minheap_array_t``), so memory is O(block_size² + n·k) whatever n is.
-* When the query set is the gallery (``gallery=None``) the matrix is symmetric: each off-diagonal block
-  is computed ONCE and feeds both its row block and, transposed, its column block: half the FLOPs of a
-  plain search (n²·d FLOPs instead of 2·n²·d).
+* The similarity matrix is never materialised: tiles of ``block_size × TILE`` similarities (rows ×
+  gallery columns) are computed with one ``torch.mm`` each and pushed into faiss's per-query min-heaps
+  of size ``k`` (``faiss.float_minheap_array_t``), so memory is O(block_size·TILE + n·k) whatever n is.
+* When the query set is the gallery (``gallery=None``) the matrix is symmetric: each pair of rows is
+  multiplied ONCE, and the tile entries above the diagonal feed both their rows' heaps and, transposed,
+  their columns' heaps: (n² + n·TILE)·d FLOPs instead of the 2·n²·d of a plain search.
 
-Measured on the 2-core CPU machine: on a 4096 × 4096 block, pushing into faiss heaps (k = 13) takes
-6–13 ms against 24 ms for ``torch.topk`` (+ a merge) and 31 ms for the transpose copy; the product itself
-~110–140 ms. Diagonal blocks are multiplied whole, so the work is (n² + Σ|B_i|²)·d FLOPs: the saving
-over a plain search is large for n >> block_size (SOP size) and small when n spans two blocks (CUB
-size). Whole-pipeline timings against faiss ``IndexFlatIP.search``: ``benchmarks/results/eval.md``.
+Measured on the 2-core CPU machine (AVX-512, ~350 GFLOP/s float32 matmul): for a 4096-row block of
+512-d rows against 4096 columns the products take ~48 ms; in 512-wide tiles the heap pushes of both
+sides add ~8 ms and the chunked transposes ~4 ms, where whole 4096 × 4096 blocks cost 24 ms of pushes
+and 39 ms of transpose (the block no longer fits in cache). Whole-pipeline timings against PML and
+faiss ``IndexFlatIP.search``: ``benchmarks/results/eval.md``.
 
 Ties: the result is deterministic (same inputs and ``block_size`` give the same output). Inside the
 returned rows equal similarities are ordered by lower gallery index first; which of several items tied
@@ -30,6 +30,13 @@ import numpy as np
 import torch
 
 __all__ = ["as_float32_matrix", "topk_search"]
+
+#: Gallery columns per similarity tile. A block_size × TILE tile (8 MiB at 4096 × 512) is pushed into
+#: the heaps and transposed while it is still in cache; whole 4096 × 4096 blocks (64 MiB) made the
+#: transpose copy alone cost 80% of the block's product (benchmarks/results/eval.md).
+TILE = 512
+#: rows per chunk of the tile transpose (see ``_transpose_into``)
+_TRANSPOSE_CHUNK = 256
 
 
 def as_float32_matrix(x: Any, name: str) -> torch.Tensor:
@@ -101,41 +108,65 @@ def _sorted_result(values: np.ndarray, ids: np.ndarray) -> Tuple[torch.Tensor, t
             torch.from_numpy(np.take_along_axis(ids, order, axis=1)))
 
 
+def _tile_width(block_size: int) -> int:
+    return min(TILE, block_size)
+
+
+def _transpose_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst (c, r) := src (r, c).T, in chunks of rows: 2.5x faster than one ``copy_`` of a 4096 x 512
+    tile (measured 4 ms against 10 ms): each chunk's reads and writes stay in cache."""
+    for r0 in range(0, src.shape[0], _TRANSPOSE_CHUNK):
+        dst[:, r0 : r0 + _TRANSPOSE_CHUNK].copy_(src[r0 : r0 + _TRANSPOSE_CHUNK].t())
+
+
 def _symmetric_topk(x: torch.Tensor, k: int, exclude_self: bool, block_size: int):
-    """Self-search over the rows of x (n, d): each block pair (i <= j) is multiplied once."""
+    """Self-search over the rows of x (n, d): every pair of rows is multiplied once.
+
+    The columns are cut into tiles of width w. For tile [c0, c1) only the rows r < c1 are multiplied,
+    in row blocks of ``block_size``: the rows r < c0 lie strictly above the diagonal, so their tile
+    entries also feed, transposed, the heaps of rows c0..c1 (pair (r, c) is never multiplied again as
+    (c, r)); the rows c0..c1 form the w × w diagonal square, whose row pushes alone cover both orders.
+    Work: Σ_tiles c1·w ≈ (n² + n·w)/2 products, memory two block_size × w tiles.
+    """
     n = x.shape[0]
     heaps, values, ids = _new_heaps(n, k)
-    buf = torch.empty(min(block_size, n) ** 2)  # S block, reused: the only O(block²) memory
-    buf_t = torch.empty(min(block_size, n) ** 2)  # its transpose, made contiguous for the heaps
+    w = _tile_width(block_size)
+    buf = torch.empty(min(block_size, n) * min(w, n))  # S tile, reused: the only large buffers
+    buf_t = torch.empty(min(block_size, n) * min(w, n))  # its transpose, contiguous for the heaps
     self_cols = torch.arange(n) if exclude_self else None
-    for i0 in range(0, n, block_size):
-        xi = x[i0 : i0 + block_size]
-        for j0 in range(i0, n, block_size):
-            xj = x[j0 : j0 + block_size]
-            s = buf[: len(xi) * len(xj)].view(len(xi), len(xj))
-            torch.mm(xi, xj.t(), out=s)
-            if j0 == i0:
-                _mask_self(s, self_cols, i0, j0)
-                _push(heaps, s, j0, i0)
-                continue
-            _push(heaps, s, j0, i0)
-            # The same numbers seen from block j's rows: s.T, so block (j, i) is never multiplied.
-            s_t = buf_t[: len(xi) * len(xj)].view(len(xj), len(xi))
-            s_t.copy_(s.t())
-            _push(heaps, s_t, i0, j0)
+    for c0 in range(0, n, w):
+        c1 = min(c0 + w, n)
+        xc = x[c0:c1]
+        for r0 in range(0, c1, block_size):
+            r1 = min(r0 + block_size, c1)
+            s = buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+            torch.mm(x[r0:r1], xc.t(), out=s)
+            _mask_self(s, self_cols, r0, c0)  # only rows of the diagonal square can hit themselves
+            _push(heaps, s, c0, r0)
+            above = min(r1, c0) - r0  # rows strictly above the diagonal square
+            if above > 0:
+                # The same numbers seen from the tile's rows: s.T, so (c, r) is never multiplied.
+                s_t = buf_t[: above * (c1 - c0)].view(c1 - c0, above)
+                _transpose_into(s_t, s[:above])
+                _push(heaps, s_t, r0, c0)
     heaps.reorder()
     return _sorted_result(values, ids)
 
 
 def _gallery_topk(q: torch.Tensor, g: torch.Tensor, k: int, self_cols: Optional[torch.Tensor], block_size: int):
-    """Search queries q (nq, d) in gallery g (ng, d); self_cols[r] = gallery index of query r or -1."""
+    """Search queries q (nq, d) in gallery g (ng, d); self_cols[r] = gallery index of query r or -1.
+
+    Row blocks of ``block_size`` queries against gallery tiles of width w (the tile stays in cache while
+    it is pushed into the heaps).
+    """
     nq, ng = q.shape[0], g.shape[0]
     heaps, values, ids = _new_heaps(nq, k)
-    buf = torch.empty(min(block_size, nq) * min(block_size, ng))
+    w = _tile_width(block_size)
+    buf = torch.empty(min(block_size, nq) * min(w, ng))
     for i0 in range(0, nq, block_size):
         qi = q[i0 : i0 + block_size]
-        for j0 in range(0, ng, block_size):
-            gj = g[j0 : j0 + block_size]
+        for j0 in range(0, ng, w):
+            gj = g[j0 : j0 + w]
             s = buf[: len(qi) * len(gj)].view(len(qi), len(gj))
             torch.mm(qi, gj.t(), out=s)
             _mask_self(s, self_cols, i0, j0)
@@ -169,14 +200,14 @@ def topk_search(
     Args:
         queries: query embeddings, shape (nq, d), numpy or torch, any float dtype.
         gallery: gallery embeddings, shape (ng, d); ``None`` means the queries are the gallery, which
-            takes the symmetric path (each off-diagonal similarity block is computed once and used for
-            both of its row and column blocks: n²·d FLOPs instead of 2·n²·d).
+            takes the symmetric path (each pair of rows is multiplied once and used for both rows:
+            (n² + n·TILE)·d FLOPs instead of 2·n²·d).
         k: number of neighbours per query; at most ng (ng − 1 when excluding self).
         exclude_self: drop each query's own entry from its neighbours. Defaults to True when
             ``gallery is None`` and False otherwise. With a gallery, True means query r IS gallery item r
             (the queries are the first nq gallery rows), so it needs nq <= ng.
-        block_size: rows and columns per similarity block; peak extra memory is about
-            2·block_size²·4 bytes (symmetric path) plus n·k·12 bytes for the heaps.
+        block_size: query rows per similarity tile (tiles are ``block_size × min(block_size, TILE)``);
+            peak extra memory is about 2·block_size·TILE·4 bytes plus n·k·12 bytes for the heaps.
 
     Returns:
         ``(similarities, indices)``: float32 (nq, k) sorted descending per row, and int64 (nq, k) gallery

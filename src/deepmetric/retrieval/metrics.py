@@ -161,7 +161,7 @@ def retrieval_metrics(
         nmi: also cluster the query set (faiss k-means, one cluster per class, ``seed``) and report NMI.
         ami: also report adjusted mutual information from the same clustering.
         seed: k-means seed.
-        block_size: block of the exact search (memory ≈ 2·block_size²·4 bytes).
+        block_size: query rows per tile of the exact search (memory ≈ 2·block_size·512·4 bytes).
 
     Returns:
         ``{"recall@K" for K in ks, "precision@1", "map@r", "r_precision", "nmi"?, "ami"?}`` as floats.
