@@ -14,6 +14,7 @@ Every function is stateless; randomness comes in as tensors drawn by the caller 
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -52,8 +53,12 @@ def max_pairwise_cosine(x: torch.Tensor) -> torch.Tensor:
     return c.masked_fill(eye, float("-inf")).max()
 
 
+@functools.lru_cache(maxsize=64)
 def _simplex_recursion(num: int, dim: int) -> torch.Tensor:
-    """Closed-form regular simplex (Pang et al. 2018, Algorithm 1), float64, num <= dim + 1."""
+    """Closed-form regular simplex (Pang et al. 2018, Algorithm 1), float64, num <= dim + 1.
+
+    Cached (SEE asks for the same simplex every step): callers must not modify the result in place.
+    """
     mu = torch.zeros(num, dim, dtype=torch.float64)
     mu[0, 0] = 1.0
     for i in range(1, num):
@@ -107,7 +112,7 @@ def max_mahalanobis_centers(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if num <= dim + 1:
-        return _simplex_recursion(num, dim).to(dtype)
+        return _simplex_recursion(num, dim).to(dtype, copy=True)  # a copy: the cached tensor stays intact
     if generator is None:  # a local, fixed seed: never the global RNG
         generator = torch.Generator().manual_seed(0)
     x = torch.randn(num, dim, generator=generator, device=generator.device, dtype=torch.float64).cpu()

@@ -5,6 +5,7 @@ from :func:`deepmetric.functional.geometry.max_mahalanobis_centers`, Pang et al.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -133,9 +134,9 @@ class SphericalExpansion(nn.Module):
         if generator is None:  # a local, fixed seed: never the global RNG
             generator = torch.Generator(device=embeddings.device).manual_seed(0)
         noise = torch.randn(len(sel), d, self.n - 1, generator=generator, device=generator.device, dtype=z.dtype).to(z.device)
-        pts, _ = spherical_expansion_points(z[sel], w[sel], noise)
-        if self.detach:
-            pts = pts.detach()  # released code: synthetic points train the proxies only
+        # detach (released code): synthetic points train the proxies only, so their geometry needs no graph
+        with torch.no_grad() if self.detach else contextlib.nullcontext():
+            pts, _ = spherical_expansion_points(z[sel], w[sel], noise)
         owner = sel.repeat_interleave(self.n)[:, None].expand(-1, 2)
         return traced(embeddings, labels, pts.reshape(-1, d), labels[sel].repeat_interleave(self.n), owner)
 
