@@ -120,3 +120,45 @@ def test_training_improves_retrieval_over_the_untrained_network(tmp_path):
                "data.val_split=null", "data.test_split=trainval", "data.batch_size=40")
     res = train(cfg, tmp_path / "run", evaluate_before=True)
     assert res["test"]["map@r"] > res["before"]["map@r"] + 0.1
+
+
+def test_monitor_split_logs_a_curve_and_is_never_selected_on(tmp_path):
+    cfg = tiny("train.epochs=3", "train.monitor_split=test", "eval.knn_accuracy=true", "eval.knn_k=5")
+    res = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    monitor = [r for r in records if r.get("when") == "monitor"]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["epoch"] for r in monitor] == [1, 2, 3] and all(r["split"] == "test" for r in monitor)
+    assert all(0.0 <= r["knn_accuracy"] <= 1.0 for r in monitor)
+    # selection is on validation MAP@R alone (first best wins) ...
+    best = max(val, key=lambda r: (r["map@r"], -r["epoch"]))
+    assert res["selected_epoch"] == best["epoch"]
+    # ... and the final test numbers are that checkpoint's monitored numbers
+    at_best = next(r for r in monitor if r["epoch"] == best["epoch"])
+    for key in ("recall@1", "map@r", "knn_accuracy"):
+        assert res["test"][key] == pytest.approx(at_best[key], abs=1e-9)
+
+
+def test_bf16_autocast_and_channels_last_on_cpu_keep_the_loss_in_float32(tmp_path, monkeypatch):
+    from torch import nn
+    from pytorch_metric_learning.losses import ProxyAnchorLoss
+
+    from deepmetric.registry import LOSSES
+
+    seen = []
+
+    class Recording(nn.Module):
+        def __init__(self, *, num_classes, embedding_dim):
+            super().__init__()
+            self.inner = ProxyAnchorLoss(num_classes, embedding_dim)
+
+        def forward(self, embeddings, labels):
+            seen.append((embeddings.dtype, torch.is_autocast_enabled("cpu")))
+            return self.inner(embeddings, labels)
+
+    monkeypatch.setitem(LOSSES._table, "recording", Recording)
+    res = train(tiny("loss.name=recording", "train.amp=bf16", "model.channels_last=true"), tmp_path / "run")
+    assert seen and all(s == (torch.float32, False) for s in seen)  # float32 and outside autocast
+    assert 0.0 < res["test"]["recall@1"] <= 1.0
+    assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path / "run" / "last.pt")["model"].values()
+               if torch.is_tensor(p) and p.is_floating_point())

@@ -53,11 +53,26 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
+def _metric_panel(ax, records: Sequence[Dict[str, Any]], title: str) -> None:
+    """Every VAL_METRICS entry of per-epoch evaluation records against the epoch, in %."""
+    epochs = [r["epoch"] for r in records]
+    for name in VAL_METRICS:
+        if any(name in r for r in records):
+            ax.plot(epochs, [100 * r.get(name, np.nan) for r in records], marker="o", lw=2, label=name)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.legend(frameon=False, fontsize=8)
+    if len(set(epochs)) <= 12:
+        ax.set_xticks(sorted(set(epochs)))
+
+
 def plot_curves(records: Sequence[Dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Loss and lr against the step, validation metrics against the epoch (see the module docstring)."""
     train = [r for r in records if r.get("split") == "train" and "loss" in r]
     val = [r for r in records if r.get("split") == "val"]
-    panels = ["loss", "lr"] + (["val"] if val else [])
+    # train.monitor_split: a split logged every few epochs for its curve only (e.g. the test kNN accuracy)
+    monitor = [r for r in records if r.get("when") == "monitor"]
+    panels = ["loss", "lr"] + (["val"] if val else []) + (["monitor"] if monitor else [])
     fig = _figure(4.6 * len(panels), 3.6)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     steps = np.array([r["step"] for r in train], dtype=float)
@@ -81,16 +96,9 @@ def plot_curves(records: Sequence[Dict[str, Any]], path: str | os.PathLike, titl
         for ax in axes[:2]:
             ax.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax.transAxes)
     if val:
-        ax = axes[2]
-        epochs = [r["epoch"] for r in val]
-        for name in VAL_METRICS:
-            if any(name in r for r in val):
-                ax.plot(epochs, [100 * r.get(name, np.nan) for r in val], marker="o", lw=2, label=name)
-        ax.set_title("validation (%)")
-        ax.set_xlabel("epoch")
-        ax.legend(frameon=False, fontsize=8)
-        if len(set(epochs)) <= 12:
-            ax.set_xticks(sorted(set(epochs)))
+        _metric_panel(axes[2], val, "validation (%)")
+    if monitor:
+        _metric_panel(axes[-1], monitor, f"{monitor[0]['split']} split, monitored only (%)")
     for ax in axes:
         ax.grid(alpha=0.3)
     final = [r for r in records if r.get("split") == "test" and r.get("when") == "final"]

@@ -123,7 +123,27 @@ def build_dataset(cfg: RunConfig, split: str, *, train: bool, transform: Any = "
     if holdout:
         keep, val = holdout_classes(int(ds.num_classes), d.holdout_fraction)
         ds = ClassSubset(ds, val if split == "holdout" else keep)
+    check_labels(ds, f"dataset {d.dataset!r} split {split!r}")
     return ds
+
+
+def check_labels(dataset: Any, where: str) -> None:
+    """Every label must be an integer in 0..num_classes−1 (the dataset contract); say which are not.
+
+    Proxy losses index their (C, d) proxies with the labels: a label outside the range is an opaque index
+    error (or a device-side assert on a GPU) in the middle of training, so it is refused up front.
+    """
+    labels = np.asarray(dataset.labels)
+    num_classes = int(dataset.num_classes)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise ValueError(
+            f"{where}: {len(bad)} label(s) outside 0..{num_classes - 1} (num_classes={num_classes}); labels found in "
+            f"{int(labels.min())}..{int(labels.max())}, first bad item {int(bad[0])} has label {int(labels[bad[0]])}. "
+            "A dataset must remap its classes to 0..C-1 within each split (deepmetric.data.base.remap_labels)."
+        )
 
 
 @dataclass

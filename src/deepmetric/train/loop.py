@@ -146,6 +146,10 @@ def _knn_accuracy(model, cfg, ctx, emb, labels, dataset, train_memory) -> float:
     train_ds = build_dataset(cfg, cfg.data.train_split, train=False)
     k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
     if list(getattr(train_ds, "class_names", [])) == list(getattr(dataset, "class_names", [None])):
+        labeled = getattr(train_ds, "is_labeled", None)
+        if labeled is not None and not bool(np.all(labeled)):
+            # e.g. STL-10 train+unlabeled: unlabeled images carry a placeholder label and must not vote
+            train_ds = torch.utils.data.Subset(train_ds, np.flatnonzero(labeled).tolist())
         mem_emb, mem_lab = _embed_dataset(_unwrap(model), train_ds, cfg, ctx)
         return float(knn_accuracy(mem_emb, mem_lab, emb, labels, k=k, temperature=t))
     return float(knn_accuracy(emb, labels, emb, labels, k=k, temperature=t, exclude_self=True))
@@ -338,6 +342,12 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                     if state["best"] is None or score > state["best"]:
                         state["best"], state["best_epoch"] = score, epoch + 1
                         checkpoint(best_path)
+                mon = cfg.train.monitor_split
+                if mon and ((epoch + 1) % cfg.train.monitor_every == 0 or epoch + 1 == cfg.train.epochs):
+                    # a curve to watch (e.g. test kNN accuracy, as the seen-class papers plot): logged, never selected on
+                    seen = evaluate(model, cfg, ctx, mon)
+                    log({"split": mon, "when": "monitor", "epoch": epoch + 1, "step": state["step"], **seen})
+                    say(f"epoch {epoch + 1}: {mon} (monitored) " + " ".join(f"{k}={v:.4f}" for k, v in seen.items()))
                 checkpoint(last_path)
     finally:
         if previous_handler is not None:
