@@ -18,6 +18,7 @@ global batches of W× the per-process size and slice each one across ranks.)
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 import warnings
@@ -51,7 +52,9 @@ def _rank_share(num_global: int, rank: int, world_size: int, drop_last: bool) ->
     return [(rank + i * world_size) % num_global for i in range(math.ceil(num_global / world_size))]
 
 
-class _EpochSampler(Sampler):
+class _EpochSampler(Sampler, abc.ABC):
+    """What both batch samplers share: epochs, and each rank's share of the global batch sequence."""
+
     seed: int
     rank: int
     world_size: int
@@ -62,11 +65,13 @@ class _EpochSampler(Sampler):
         """Select the batch sequence of ``epoch`` (deterministic; differs between epochs)."""
         self.epoch = int(epoch)
 
+    @abc.abstractmethod
     def num_global_batches(self) -> int:
-        raise NotImplementedError
+        """Batches one process would draw per epoch with the global batch size."""
 
+    @abc.abstractmethod
     def global_batches(self, epoch: Optional[int] = None) -> List[List[int]]:
-        raise NotImplementedError
+        """The epoch's global batches (lists of dataset indices), the same on every rank."""
 
     def __len__(self) -> int:
         g = self.num_global_batches()
