@@ -250,6 +250,16 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
             )
         barrier(ctx)
 
+    def evaluate_and_log(name: Optional[str], every: int, epoch: int, label: str, **tags: Any) -> Optional[Dict[str, float]]:
+        """Evaluate split ``name`` after ``epoch`` when it is due (every ``every`` epochs and the last); log
+        the metrics with ``tags`` and print them."""
+        if not name or ((epoch + 1) % every and epoch + 1 != cfg.train.epochs):
+            return None
+        metrics = evaluate(model, cfg, ctx, name)
+        log({**tags, "epoch": epoch + 1, "step": state["step"], **metrics})
+        say(f"epoch {epoch + 1}: {label} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
     results: Dict[str, Any] = {"run_dir": str(out)}
     if evaluate_before and not resume:
         results["before"] = evaluate(model, cfg, ctx, cfg.data.test_split)
@@ -332,22 +342,15 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                         say(f"[yellow]interrupted[/]: progress saved to {last_path} after step {state['step']}; continue with --resume")
                         raise KeyboardInterrupt
                 state["epoch"], state["batch"] = epoch + 1, 0
-                if cfg.data.val_split and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
-                    val = evaluate(model, cfg, ctx, cfg.data.val_split)
-                    log({"split": "val", "epoch": epoch + 1, "step": state["step"], **val})
-                    score = val.get(cfg.train.select_metric)
-                    if score is None:
-                        raise ValueError(f"train.select_metric={cfg.train.select_metric!r} is not a metric; available: {', '.join(sorted(val))}")
-                    say(f"epoch {epoch + 1}: val " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+                val = evaluate_and_log(cfg.data.val_split, cfg.train.val_every, epoch, "val", split="val")
+                if val is not None:
+                    score = val[cfg.train.select_metric]  # the config checked that the metric exists
                     if state["best"] is None or score > state["best"]:
                         state["best"], state["best_epoch"] = score, epoch + 1
                         checkpoint(best_path)
+                # a curve to watch (e.g. test kNN accuracy, as the seen-class papers plot): logged, never selected on
                 mon = cfg.train.monitor_split
-                if mon and ((epoch + 1) % cfg.train.monitor_every == 0 or epoch + 1 == cfg.train.epochs):
-                    # a curve to watch (e.g. test kNN accuracy, as the seen-class papers plot): logged, never selected on
-                    seen = evaluate(model, cfg, ctx, mon)
-                    log({"split": mon, "when": "monitor", "epoch": epoch + 1, "step": state["step"], **seen})
-                    say(f"epoch {epoch + 1}: {mon} (monitored) " + " ".join(f"{k}={v:.4f}" for k, v in seen.items()))
+                evaluate_and_log(mon, cfg.train.monitor_every, epoch, f"{mon} (monitored)", split=mon, when="monitor")
                 checkpoint(last_path)
     finally:
         if previous_handler is not None:
