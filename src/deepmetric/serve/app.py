@@ -26,8 +26,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+
+from deepmetric.data.base import oriented
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: Room for the multipart envelope (boundaries, part headers) on top of the image-size limit.
@@ -66,8 +68,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width == 0 or height == 0:
         raise ApiError(400, f"image has no pixels ({width}×{height})")
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        image = oriented(image)  # the datasets' decoding: first frame, EXIF orientation
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
         raise ApiError(400, f"the image data is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
     return image
