@@ -177,7 +177,7 @@ def create_app(
             raise ApiError(404, f"no item {i}; the index holds items 0..{n_items - 1}")
         try:
             content, media_type = await run_in_threadpool(searcher.thumbnail, i)
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing or no longer decodable since indexing (FileNotFoundError included)
             raise ApiError(404, str(exc)) from None
         return Response(content, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 
