@@ -15,7 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="deepmetric: deep metric learning — train, evaluate, search.")
+# rich_markup_mode=None: click's plain help layout; typer's rich panels label every flag "<bool>"
+# (including --help itself), which reads as if the flag took a value.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="deepmetric: deep metric learning — train, evaluate, search.")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -30,7 +33,8 @@ def _expected_errors() -> tuple:
     from deepmetric.train.checkpoint import CheckpointError
     from deepmetric.train.loop import TrainingDiverged
 
-    return (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError, KeyError, ValueError)
+    # OSError: unreadable or unwritable paths (permissions, a file where a folder is expected, a full disk)
+    return (ConfigError, CheckpointError, TrainingDiverged, OSError, KeyError, ValueError)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -145,7 +149,8 @@ def list_cmd() -> None:
     from deepmetric.registry import BACKBONES, DATASETS, LOSSES, SAMPLERS, SYNTHESISERS
 
     for reg in (LOSSES, SYNTHESISERS, DATASETS, BACKBONES, SAMPLERS):
-        console.print(f"[bold]{reg.kind}s[/]: {', '.join(reg.names())}")
+        plural = reg.kind + ("es" if reg.kind.endswith("s") else "s")
+        console.print(f"[bold]{plural}[/]: {', '.join(reg.names())}")
     recipes = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
     if recipes:
         console.print(f"[bold]recipes[/] (configs/): {', '.join(recipes)}")
@@ -153,7 +158,7 @@ def list_cmd() -> None:
 
 
 # ------------------------------------------------------------------ index, search, serve, report, export
-index_app = typer.Typer(no_args_is_help=True, help="Gallery indexes for search: build one from a checkpoint.")
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Gallery indexes for search: build one from a checkpoint.")
 app.add_typer(index_app, name="index")
 
 

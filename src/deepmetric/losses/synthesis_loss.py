@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from pytorch_metric_learning.losses import GenericPairLoss, TripletMarginLoss
 from torch import nn
 
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
@@ -50,6 +49,8 @@ def _tuple_kind(base_loss: nn.Module) -> Tuple[Optional[str], nn.Module]:
     A wrapper with a PML loss in ``.loss`` and an ``indices_tuple`` argument (our MultiSimilarityWithMiner)
     counts as that loss.
     """
+    from pytorch_metric_learning.losses import GenericPairLoss, TripletMarginLoss  # here: PML imports in seconds
+
     inner = base_loss
     if not isinstance(base_loss, (GenericPairLoss, TripletMarginLoss)):
         inner = getattr(base_loss, "loss", None)
