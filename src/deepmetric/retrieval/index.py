@@ -206,6 +206,21 @@ class SearchIndex:
     def __repr__(self) -> str:
         return f"SearchIndex(kind={self.kind!r}, count={len(self)}, dim={self.dim})"
 
+    @property
+    def threshold(self) -> Optional[float]:
+        """The calibrated match threshold (``deepmetric calibrate``), or None when uncalibrated: a gallery
+        item is a match for a query when their cosine similarity is >= it."""
+        th = self.metadata.get("threshold")
+        return None if th is None else float(th["value"])
+
+    def set_threshold(self, threshold: Optional[Dict[str, Any]]) -> None:
+        """Store a calibrated threshold (``Threshold.to_dict()``: value plus how it was measured), or clear it."""
+        if threshold is not None:
+            value = threshold.get("value") if isinstance(threshold, dict) else None
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"a threshold needs a finite 'value', got {threshold!r}")
+        self.metadata["threshold"] = threshold
+
     # ---------------------------------------------------------------------------------------- search
     def search(self, queries: Any, k: int) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar gallery items of each query.
@@ -237,6 +252,16 @@ class SearchIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(directory / INDEX_FILE))
+        tmp = directory / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.metadata, indent=1))
+        os.replace(tmp, directory / META_FILE)
+        return directory
+
+    def save_metadata(self, directory: str | os.PathLike) -> Path:
+        """Rewrite only ``DIR/index.json`` (e.g. a new threshold), atomically: a temporary file then a rename."""
+        directory = Path(directory)
+        if not (directory / INDEX_FILE).is_file():
+            raise SearchIndexError(f"{directory} holds no {INDEX_FILE}; save the whole index with SearchIndex.save first")
         tmp = directory / (META_FILE + ".tmp")
         tmp.write_text(json.dumps(self.metadata, indent=1))
         os.replace(tmp, directory / META_FILE)
