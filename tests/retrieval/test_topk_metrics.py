@@ -133,7 +133,7 @@ def test_group_formula_against_enumeration():
     scores = torch.tensor([[0.9, 0.5, 0.5, 0.5, 0.5, 0.1]])
     rel = torch.tensor([[1, 0, 1, 1, 0, 0]], dtype=torch.bool)
     for k in (1, 2, 3, 4, 5):
-        e = tie_expected_topk(scores, rel, k, torch.tensor([3]))
+        e = tie_expected_topk(scores, rel, [k], torch.tensor([3]))[k]
         acc = np.zeros(3)
         perms = list(itertools.permutations([0, 1, 1, 0]))
         for p in perms:

@@ -62,18 +62,18 @@ def _mask(mask: Any, n: int, name: str) -> torch.Tensor:
     return t
 
 
-def tie_expected_topk(scores: torch.Tensor, rel: torch.Tensor, k: int, r: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Expected hits, Recall@k and AP@k numerator over random orders of tied items, per row.
+def tie_expected_topk(scores: torch.Tensor, rel: torch.Tensor, ks: Sequence[int], r: torch.Tensor) -> Dict[int, Dict[str, torch.Tensor]]:
+    """Expected hits, Recall@k and AP@k over random orders of tied items, per row, for each k.
 
     Args:
-        scores: (m, L) similarities sorted descending per row, L >= k. Every tie group that reaches into
-            the first k columns must be complete inside the L columns (callers guarantee it).
+        scores: (m, L) similarities sorted descending per row, L >= max(ks). Every tie group that reaches
+            into the first max(ks) columns must be complete inside the L columns (callers guarantee it).
         rel: (m, L) bool, item of the query's class.
-        k: cut-off.
+        ks: cut-offs.
         r: (m,) number of relevant gallery items of each query (for AP@k's min(k, R)).
 
     Returns:
-        ``{"hits": E[Σ_{i≤k} rel(i)], "recall": E[R@k], "ap": E[AP@k]}``, float64 tensors (m,).
+        ``{k: {"hits": E[Σ_{i≤k} rel(i)], "recall": E[R@k], "ap": E[AP@k]}}``, float64 tensors (m,).
     """
     m, width = scores.shape
     rel_f = rel.double()
@@ -81,28 +81,32 @@ def tie_expected_topk(scores: torch.Tensor, rel: torch.Tensor, k: int, r: torch.
     new = torch.ones(m, width, dtype=torch.bool)
     new[:, 1:] = scores[:, 1:] != scores[:, :-1]
     gid = new.long().cumsum(dim=1) - 1  # tie-group id of each column, 0..G-1 per row
+    # group statistics over the full width (groups may run past k), O(m·L) scatters only
     size = torch.zeros(m, width, dtype=torch.float64).scatter_add_(1, gid, torch.ones(m, width, dtype=torch.float64))
     n_rel = torch.zeros(m, width, dtype=torch.float64).scatter_add_(1, gid, rel_f)
     start = torch.zeros(m, width, dtype=torch.int64).scatter_reduce_(1, gid, pos, reduce="amin", include_self=False)
     rel_before = n_rel.cumsum(dim=1) - n_rel  # R_b of each group
-    # per-column view of its group's statistics
-    n_g, r_g, t0, rb = size.gather(1, gid), n_rel.gather(1, gid), start.gather(1, gid), rel_before.gather(1, gid)
-    j = (pos - t0 + 1).double()  # 1-based place inside the group
-    inside = pos < k
+    kmax = max(ks)
+    g = gid[:, :kmax]  # the per-position terms are needed for the first kmax columns only
+    n_g, r_g, t0, rb = size.gather(1, g), n_rel.gather(1, g), start.gather(1, g), rel_before.gather(1, g)
+    i = torch.arange(1, kmax + 1, dtype=torch.float64)  # 1-based rank
+    j = i - t0.double()  # 1-based place inside the group
     p_rel = r_g / n_g
-    pair = torch.where(n_g > 1, r_g * (r_g - 1) / (n_g * (n_g - 1)).clamp(min=1), torch.zeros_like(n_g))
-    term = (p_rel * (rb + 1) + (j - 1) * pair) / (pos + 1).double()
-    hits = (p_rel * inside).sum(dim=1)
-    ap_num = (term * inside).sum(dim=1)
-    # P(no relevant item in the top k) = Π over groups of C(n−r, s)/C(n, s), s = group slots inside the top k
-    first = new & inside  # one column per group that reaches the top k
-    s = (k - t0).clamp(min=0).double().minimum(n_g)
-    log_none = (torch.lgamma(n_g - r_g + 1) - torch.lgamma((n_g - r_g - s).clamp(min=0) + 1)
-                - torch.lgamma(n_g + 1) + torch.lgamma(n_g - s + 1))
-    impossible = (n_g - r_g) < s  # fewer irrelevant items than slots: a relevant one is always inside
-    log_none = torch.where(impossible, torch.full_like(log_none, float("-inf")), log_none)
-    p_none = torch.exp(torch.where(first, log_none, torch.zeros_like(log_none)).sum(dim=1))
-    return {"hits": hits, "recall": 1.0 - p_none, "ap": ap_num / torch.minimum(r.double(), torch.tensor(float(k)))}
+    pair = r_g * (r_g - 1) / (n_g * (n_g - 1)).clamp(min=1)  # 0 for groups of one (r_g ∈ {0, 1})
+    term = (p_rel * (rb + 1) + (j - 1) * pair) / i
+    hits_cum, ap_cum = p_rel.cumsum(dim=1), term.cumsum(dim=1)
+    out: Dict[int, Dict[str, torch.Tensor]] = {}
+    for k in ks:
+        # the group holding rank k: all groups before it lie wholly inside the top k
+        nb, rb_, t0b, before = n_g[:, k - 1], r_g[:, k - 1], t0[:, k - 1].double(), rb[:, k - 1]
+        s = k - t0b  # its slots inside the top k
+        # P(none of its s slots relevant) = C(n−r, s)/C(n, s); 0 when fewer irrelevant items than slots
+        log_none = (torch.lgamma(nb - rb_ + 1) - torch.lgamma((nb - rb_ - s).clamp(min=0) + 1)
+                    - torch.lgamma(nb + 1) + torch.lgamma(nb - s + 1))
+        p_none = torch.where((nb - rb_ < s) | (before > 0), torch.zeros_like(log_none), torch.exp(log_none))
+        out[k] = {"hits": hits_cum[:, k - 1], "recall": 1.0 - p_none,
+                  "ap": ap_cum[:, k - 1] / torch.minimum(r.double(), torch.tensor(float(k)))}
+    return out
 
 
 def _full_rows(q: torch.Tensor, g: torch.Tensor, q_cls: torch.Tensor, g_cls: torch.Tensor,
@@ -198,8 +202,7 @@ def topk_metrics(
     per_row = {f"{m}@{k}": torch.zeros(len(q_idx), dtype=torch.float64) for k in ks for m in ("precision", "recall", "map")}
 
     def fill(rows: torch.Tensor, s: torch.Tensor, rl: torch.Tensor) -> None:
-        for k in ks:
-            e = tie_expected_topk(s, rl, k, r[rows])
+        for k, e in tie_expected_topk(s, rl, ks, r[rows]).items():
             per_row[f"precision@{k}"][rows] = e["hits"] / k
             per_row[f"recall@{k}"][rows] = e["recall"]
             per_row[f"map@{k}"][rows] = e["ap"]
