@@ -9,14 +9,13 @@
 * Symmetrical synthesis: Gu & Ko, AAAI 2020 (SPEC §3): reflection of a positive about the anchor axis.
 * Intra-variance synthesis: Liu et al., EAAI 2024 (SPEC §5): points at increasing intensity.
 
-Every function is stateless; randomness comes in as tensors drawn by the caller with its generator
-(the only exception, ``max_mahalanobis_centers`` for num > dim + 1, takes the generator itself).
+Every function is stateless; randomness comes in as tensors drawn by the caller with its generator.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -72,70 +71,33 @@ def _simplex_recursion(num: int, dim: int) -> torch.Tensor:
     return mu
 
 
-def max_mahalanobis_centers(
-    num: int,
-    dim: int,
-    *,
-    generator: Optional[torch.Generator] = None,
-    dtype: torch.dtype = torch.float32,
-    steps: int = 2000,
-) -> torch.Tensor:
-    """``num`` unit vectors in R^dim that are as spread out as possible (largest pairwise cosine minimal).
+def max_mahalanobis_centers(num: int, dim: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``num`` <= dim + 1 unit vectors in R^dim with every pairwise inner product −1/(num−1).
 
-    For num <= dim + 1 this is the regular simplex of Pang et al. 2018 (Algorithm 1; SPEC §4), every
-    pairwise inner product exactly −1/(num−1)::
+    The regular simplex of Pang et al. 2018 (Algorithm 1; SPEC §4), deterministic and closed-form::
 
         μ_1 = e_1;  for i >= 2, j < i:  μ_i[j] = −(1/(L−1) + μ_i·μ_j)/μ_j[j];  μ_i[i] = sqrt(1 − ‖μ_i‖²)
 
-    (L = num). It is deterministic; ``generator`` is unused.
-
-    For num > dim + 1 no closed form exists: the largest pairwise cosine is minimised numerically by
-    projected gradient descent (Adam steps, then re-normalisation onto the sphere) on a smooth maximum,
-    ``logsumexp(t·cos_ij)/t`` over pairs i < j, with the sharpness t rising geometrically from 10 to 1000,
-    started from Gaussian points drawn from ``generator`` (a local generator seeded 0 if None); the best
-    iterate (smallest true maximum) is returned. Achieved values (measured, default ``steps``, seed 0):
-    10 points in R^3 → 0.4047 (the Tammes optimum is cos 66.15° = 0.4040), 20 in R^4 → 0.434, 100 in
-    R^8 → 0.449, where Gaussian random points give 0.92–0.97. About 1–2 s on a CPU; the result is a
-    local optimum, not certified.
+    (L = num). For num > dim + 1 no regular simplex exists; nothing in deepmetric needs that case (SEE asks
+    for n + 1 vertices in R^n), so it is an error rather than a slow numerical search.
 
     Args:
-        num: number of centres L >= 1.
+        num: number of centres L, 1 <= L <= dim + 1.
         dim: dimension d >= 1.
-        generator: random start for num > dim + 1.
         dtype: dtype of the result (computed in float64).
-        steps: optimisation steps for num > dim + 1.
 
     Returns:
         (num, dim) unit rows.
     """
-    for name, v in (("num", num), ("dim", dim), ("steps", steps)):
+    for name, v in (("num", num), ("dim", dim)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if num <= dim + 1:
-        return _simplex_recursion(num, dim).to(dtype, copy=True)  # a copy: the cached tensor stays intact
-    if generator is None:  # a local, fixed seed: never the global RNG
-        generator = torch.Generator().manual_seed(0)
-    x = torch.randn(num, dim, generator=generator, device=generator.device, dtype=torch.float64).cpu()
-    x = l2_normalize(x)
-    iu = torch.triu_indices(num, num, offset=1)
-    best, best_val = x.clone(), float(max_pairwise_cosine(x))
-    m, v = torch.zeros_like(x), torch.zeros_like(x)
-    lr, b1, b2 = 0.01, 0.9, 0.999
-    with torch.enable_grad():
-        for step in range(1, steps + 1):
-            t = 10.0 * 100.0 ** ((step - 1) / max(1, steps - 1))
-            xr = x.clone().requires_grad_(True)
-            c = (l2_normalize(xr) @ l2_normalize(xr).t())[iu[0], iu[1]]
-            smooth_max = torch.logsumexp(t * c, dim=0) / t
-            (g,) = torch.autograd.grad(smooth_max, xr)
-            m = b1 * m + (1 - b1) * g
-            v = b2 * v + (1 - b2) * g * g
-            step_lr = lr * (1.0 - 0.9 * step / steps)  # anneal so the last iterates settle
-            x = l2_normalize(x - step_lr * (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + 1e-12))
-            val = float(max_pairwise_cosine(x))
-            if val < best_val:
-                best, best_val = x.clone(), val
-    return best.to(dtype)
+    if num > dim + 1:
+        raise ValueError(
+            f"max_mahalanobis_centers: a regular simplex of num={num} points needs dim >= num - 1 = {num - 1}, got "
+            f"dim={dim}; use at most {dim + 1} centres or a larger dimension"
+        )
+    return _simplex_recursion(num, dim).to(dtype, copy=True)  # a copy: the cached tensor stays intact
 
 
 def half_cosine_ramp(progress: float, start: float, end: float) -> float:
