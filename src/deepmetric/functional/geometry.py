@@ -5,7 +5,7 @@
 * Spherical Embedding Expansion (SEE): Le & Woo, PAKDD 2024 (SPEC §4): a regular simplex around the
   proxy axis with the sample's residual direction as one vertex.
 * Embedding Expansion (EE): Ko & Gu, CVPR 2020 (SPEC §2): points on the chord between same-class
-  pairs, and the hard-negative-pair mining over real and synthetic points.
+  pairs (all of them, or each class's samples paired off in batch order).
 * Symmetrical synthesis: Gu & Ko, AAAI 2020 (SPEC §3): reflection of a positive about the anchor axis.
 * Intra-variance synthesis: Liu et al., EAAI 2024 (SPEC §5): points at increasing intensity.
 
@@ -24,16 +24,15 @@ from deepmetric.functional.similarity import l2_normalize
 __all__ = [
     "max_mahalanobis_centers",
     "max_pairwise_cosine",
-    "half_cosine_ramp",
     "complement_frame",
     "simplex_vertices_around",
     "spherical_expansion_points",
     "same_class_pairs",
+    "disjoint_class_pairs",
     "class_centres",
     "chord_points",
     "reflect",
     "intensity_points",
-    "ee_hard_mining",
 ]
 
 #: A residual ‖r‖ = ‖z − (z·w)w‖ below this (for unit z) means z ∥ w: no direction to expand around.
@@ -98,15 +97,6 @@ def max_mahalanobis_centers(num: int, dim: int, *, dtype: torch.dtype = torch.fl
             f"dim={dim}; use at most {dim + 1} centres or a larger dimension"
         )
     return _simplex_recursion(num, dim).to(dtype, copy=True)  # a copy: the cached tensor stays intact
-
-
-def half_cosine_ramp(progress: float, start: float, end: float) -> float:
-    """``start + (end − start)·(1 − cos(π·progress))/2``: start at progress 0, midpoint at 0.5, end at 1.
-
-    ``progress`` is clipped to [0, 1] (the fraction of training done).
-    """
-    p = min(1.0, max(0.0, float(progress)))
-    return start + (end - start) * 0.5 * (1.0 - math.cos(math.pi * p))
 
 
 # ------------------------------------------------------------------------------------------------- SEE
@@ -195,6 +185,27 @@ def same_class_pairs(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
+def disjoint_class_pairs(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each class's samples paired off into disjoint pairs, in batch order within the class: (P,), (P,).
+
+    The rows of a class, in increasing row order r_1 < r_2 < …, give the pairs (r_1, r_2), (r_3, r_4), …;
+    with an odd count the last one stays unpaired. This is the released EE code's pairing (rows 2t, 2t+1,
+    which its sampler fills with one class) computed from the labels, so it does not depend on the row
+    layout. Pairs are returned in increasing order of their first row.
+    """
+    order = torch.argsort(labels, stable=True)  # rows grouped by class, batch order inside a class
+    grouped = labels[order]
+    pos = torch.arange(len(labels), device=labels.device)
+    starts = torch.ones_like(grouped, dtype=torch.bool)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    first = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=0).values  # start of each row's group
+    rank = pos - first
+    head = (rank % 2 == 0) & torch.cat([grouped[1:] == grouped[:-1], torch.zeros(1, dtype=torch.bool, device=labels.device)])
+    i, j = order[head], order[torch.nonzero(head, as_tuple=True)[0] + 1]
+    keep = torch.argsort(i)
+    return i[keep], j[keep]
+
+
 def class_centres(z: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised mean of each class present in the batch (the stand-in for a proxy, SPEC §4 [choice]).
 
@@ -259,53 +270,3 @@ def intensity_points(r: torch.Tensor, directions: torch.Tensor, alpha: float) ->
     """
     j = torch.arange(1, directions.shape[1] + 1, dtype=r.dtype, device=r.device)[None, :, None]
     return l2_normalize(r[:, None, :] + j * alpha * l2_normalize(directions))
-
-
-# ---------------------------------------------------------------------------------------- EE mining
-
-
-def ee_hard_mining(
-    similarity: torch.Tensor,
-    labels: torch.Tensor,
-    is_synthetic: torch.Tensor,
-    owner: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hard positive and hard negative pair per real anchor (Ko & Gu, CVPR 2020, §3.2; SPEC §2).
-
-    For every real anchor a (a row with ``is_synthetic`` False that has at least one real positive):
-
-    * hardest positive p*: the real row of a's class (≠ a) least similar to a (real points only);
-    * hardest negative pair (x*, n*): over x ∈ {a} ∪ S(a) — a and the synthetic points made from a
-      pair containing a — and n any row (real or synthetic) of another class than x, the most similar
-      pair. Ties go to the first in row order.
-
-    Args:
-        similarity: (N, N) similarities (larger = closer) of all rows, real first; only its order is used.
-        labels: (N,) labels.
-        is_synthetic: (N,) bool.
-        owner: (N, 2) long: for a synthetic row the two real rows of its parent pair; real rows ignored.
-
-    Returns:
-        ``(anchor, positive, neg_first, neg_second)``, each (A,) long row indices; anchors without a
-        real positive or without any negative are dropped.
-    """
-    n_rows = len(labels)
-    real = ~is_synthetic
-    sim = similarity.detach()  # selection is discrete: made on detached values
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(n_rows, dtype=torch.bool, device=labels.device)
-    pos_mask = same & ~eye & real[None, :] & real[:, None]
-    # member[a, x]: x is a itself or a synthetic point with a as a parent.
-    member = eye.clone()
-    syn_idx = torch.nonzero(is_synthetic, as_tuple=True)[0]
-    if len(syn_idx):
-        member[owner[syn_idx, 0], syn_idx] = True
-        member[owner[syn_idx, 1], syn_idx] = True
-    neg_sim = sim.masked_fill(same, float("-inf"))
-    best_neg_val, best_neg_col = neg_sim.max(dim=1)  # per row x: its hardest negative
-    cand = best_neg_val[None, :].expand(n_rows, n_rows).masked_fill(~member, float("-inf"))
-    pair_val, x_star = cand.max(dim=1)  # per anchor a: the best x among {a} ∪ S(a)
-    pos_val, p_star = sim.masked_fill(~pos_mask, float("inf")).min(dim=1)
-    ok = real & torch.isfinite(pos_val) & torch.isfinite(pair_val)
-    a = torch.nonzero(ok, as_tuple=True)[0]
-    return a, p_star[a], x_star[a], best_neg_col[x_star[a]]
