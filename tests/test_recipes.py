@@ -35,7 +35,7 @@ def test_recipe_runs_a_step_on_its_layout(tmp_path, recipe):
         vit = cfg.model.backbone in ("deit_small", "vit_small")
         size = 224 if vit else 32
         sets += [f"data.root={root}", f"data.image_size={size}", f"data.resize={size + 8 if not vit else 232}",
-                 "data.samples_per_class=2", "data.batch_size=4", "eval.ks=[1,2]"]
+                 "data.batch_size=4", "eval.ks=[1,2]"] + (["data.samples_per_class=2"] if cfg.data.sampler == "m_per_class" else [])
     cfg = load_config(CONFIGS / f"{recipe}.yaml", sets)
     res = train(cfg, tmp_path / "run")
     assert 0.0 <= res["test"]["recall@1"] <= 1.0

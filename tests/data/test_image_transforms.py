@@ -64,3 +64,16 @@ def test_unknown_recipe_and_bad_sizes():
         build_transform("resnet", train=True, image_size=10)
     with pytest.raises(ValueError, match=r"resize=20 is smaller than the crop image_size=24"):
         build_transform("fine_grained", train=False, image_size=24, resize=20)
+
+
+@pytest.mark.parametrize("recipe", ["fine_grained", "vit", "imagenet"])
+def test_crop_scale_reaches_the_random_resized_crop(recipe):
+    import torchvision.transforms as T
+
+    def rrc(t):
+        return next(op for op in t.transforms if isinstance(op, T.RandomResizedCrop))
+
+    assert rrc(build_transform(recipe, train=True, image_size=32, resize=40)).scale == (0.08, 1.0)
+    assert rrc(build_transform(recipe, train=True, image_size=32, resize=40, crop_scale=(0.2, 1.0))).scale == (0.2, 1.0)
+    with pytest.raises(ValueError, match=r"crop_scale=\(0.5, 0.1\)"):
+        build_transform(recipe, train=True, image_size=32, crop_scale=(0.5, 0.1))

@@ -20,7 +20,7 @@ Recipes:
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -32,7 +32,8 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 RECIPES = ("mnist", "cifar", "fine_grained", "fine_grained_crop", "vit", "imagenet")
 
 
-def build_transform(recipe: str, *, train: bool, image_size: int, resize: Optional[int] = None) -> Callable:
+def build_transform(recipe: str, *, train: bool, image_size: int, resize: Optional[int] = None,
+                    crop_scale: Optional[Tuple[float, float]] = None) -> Callable:
     """The train or eval transform of ``recipe`` (see the module docstring).
 
     Args:
@@ -41,6 +42,8 @@ def build_transform(recipe: str, *, train: bool, image_size: int, resize: Option
         image_size: side of the output square image.
         resize: side the image is resized to before cropping (fine_grained*, vit, imagenet); defaults to
             256 for fine_grained* and ``round(image_size / 0.875)`` for vit/imagenet. Ignored by mnist/cifar.
+        crop_scale: (min, max) area fraction of the training RandomResizedCrop of fine_grained, vit and
+            imagenet; None keeps torchvision's (0.08, 1.0). Ignored elsewhere.
 
     Returns:
         A ``torchvision.transforms.Compose`` mapping a PIL image to a (C, image_size, image_size) tensor.
@@ -51,6 +54,9 @@ def build_transform(recipe: str, *, train: bool, image_size: int, resize: Option
         raise ValueError(f"transform {recipe!r}: image_size={image_size} and resize={resize} must be positive")
     if resize is not None and resize < image_size and recipe not in ("mnist", "cifar"):
         raise ValueError(f"transform {recipe!r}: resize={resize} is smaller than the crop image_size={image_size}; use resize >= image_size")
+    if crop_scale is not None and not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise ValueError(f"transform {recipe!r}: crop_scale={tuple(crop_scale)} must be (min, max) with 0 < min <= max <= 1")
+    scale = tuple(crop_scale) if crop_scale is not None else (0.08, 1.0)
     ops: List[Callable]
     if recipe == "mnist":
         mean, std = MNIST_MEAN, MNIST_STD
@@ -70,7 +76,7 @@ def build_transform(recipe: str, *, train: bool, image_size: int, resize: Option
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         side = resize or 256
         if recipe == "fine_grained":
-            ops = [T.Resize(side), T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] if train else [T.Resize(side), T.CenterCrop(image_size)]
+            ops = [T.Resize(side), T.RandomResizedCrop(image_size, scale=scale), T.RandomHorizontalFlip()] if train else [T.Resize(side), T.CenterCrop(image_size)]
         else:
             first = T.Resize((side, side))
             ops = [first, T.RandomCrop(image_size), T.RandomHorizontalFlip()] if train else [first, T.CenterCrop(image_size)]
@@ -79,7 +85,7 @@ def build_transform(recipe: str, *, train: bool, image_size: int, resize: Option
         mode = InterpolationMode.BICUBIC if recipe == "vit" else InterpolationMode.BILINEAR
         side = resize or int(round(image_size / 0.875))
         if train:
-            ops = [T.RandomResizedCrop(image_size, interpolation=mode), T.RandomHorizontalFlip()]
+            ops = [T.RandomResizedCrop(image_size, scale=scale, interpolation=mode), T.RandomHorizontalFlip()]
         else:
             ops = [T.Resize(side, interpolation=mode), T.CenterCrop(image_size)]
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
