@@ -130,6 +130,10 @@ class OptimConfig(_Strict):
     warmup: Literal["linear", "frozen_backbone", "zero_backbone_lr"] = "linear"
     milestones: List[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0.0)
+    #: step scheduler: the lr factor from each milestone on (one per milestone), instead of gamma^i; e.g.
+    #: Ye et al.'s demo_seen.py l.160-168: milestones [120, 160, 200], factors [0.1, 0.05, 0.01].
+    milestone_factors: Optional[List[float]] = None
+
 
 
 class TrainConfig(_Strict):
@@ -200,6 +204,16 @@ class RunConfig(_Strict):
                 f"data.batch_size={d.batch_size} must be a multiple of data.samples_per_class="
                 f"{d.samples_per_class} for the m_per_class sampler"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _factors_match_milestones(self) -> "RunConfig":
+        o = self.optim
+        f = o.milestone_factors
+        if f is not None and (len(f) != len(o.milestones) or any(x <= 0 for x in f)):
+            raise ValueError(f"optim.milestone_factors={f} needs one positive factor per milestone (optim.milestones={o.milestones})")
+        if o.milestones != sorted(set(o.milestones)):
+            raise ValueError(f"optim.milestones={o.milestones} must be strictly increasing epochs")
         return self
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepmetric.config import build_config
+from deepmetric.config import ConfigError, build_config
 from deepmetric.train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from deepmetric.train.optim import backbone_frozen, build_optimizer, clip_gradients, drop_backbone_grads, lr_factor, set_lr
 
@@ -139,3 +139,15 @@ def test_clip_by_value_then_by_norm():
     model.weight.grad = torch.tensor([[0.3, -0.2, 0.1]])
     clip_gradients(opt, max_norm=1.0, max_value=10.0)  # both below their bounds: untouched
     torch.testing.assert_close(model.weight.grad, torch.tensor([[0.3, -0.2, 0.1]]))
+
+
+def test_explicit_milestone_factors():
+    """Ye et al. demo_seen.py: lr × 0.1 from epoch 120, × 0.05 from 160, × 0.01 from 200 (not a constant gamma)."""
+    cfg = build_config({"train": {"epochs": 250}, "optim": {"scheduler": "step", "milestones": [120, 160, 200],
+                                                           "milestone_factors": [0.1, 0.05, 0.01]}})
+    got = [lr_factor(e * 2, steps_per_epoch=2, cfg=cfg) for e in (0, 119, 120, 159, 160, 200, 249)]
+    assert got == pytest.approx([1, 1, 0.1, 0.1, 0.05, 0.01, 0.01])
+    with pytest.raises(ConfigError, match="one positive factor per milestone"):
+        build_config({"optim": {"milestones": [1, 2], "milestone_factors": [0.1]}})
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        build_config({"optim": {"milestones": [20, 10]}})

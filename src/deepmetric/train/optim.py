@@ -49,7 +49,10 @@ def lr_factor(step: int, *, steps_per_epoch: int, cfg: RunConfig) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
     if o.scheduler == "step":
         epoch = step // max(1, steps_per_epoch)
-        return o.gamma ** sum(epoch >= m for m in o.milestones)
+        passed = sum(epoch >= m for m in o.milestones)
+        if o.milestone_factors is not None:
+            return o.milestone_factors[passed - 1] if passed else 1.0
+        return o.gamma ** passed
     return 1.0
 
 
