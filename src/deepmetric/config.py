@@ -39,7 +39,7 @@ class DataConfig(_Strict):
     image_size: int = Field(28, gt=0)
     resize: Optional[int] = Field(None, gt=0)
     two_view: bool = False
-    #: RandomResizedCrop scale range (min, max) of the training transform (fine_grained, vit, imagenet);
+    #: RandomResizedCrop scale range (min, max) of the training transform (fine_grained*, vit, imagenet);
     #: None keeps torchvision's (0.08, 1.0). SEE's DeiT recipes use (0.2, 1.0).
     crop_scale: Optional[Tuple[float, float]] = None
     sampler: Literal["m_per_class", "random"] = "m_per_class"

@@ -14,6 +14,9 @@ Recipes:
         + flip (Proxy-Anchor, EE, SEE); eval resize -> CenterCrop(image_size). ImageNet mean/std.
     "fine_grained_crop": SPEC §1 unseen-class protocol of Ye et al.: resize to resize×resize (256×256)
         -> RandomCrop(image_size) (227) + flip; eval resize×resize -> CenterCrop(image_size).
+    "fine_grained_caffe": the "fine_grained" geometry with the Caffe input of BN-Inception's ImageNet
+        weights: BGR channel order, range 0-255, minus (104, 117, 128), std 1 (Proxy-Anchor
+        code/dataset/utils.py l.84-98; deepmetric.models.bn_inception.BN_INCEPTION_PREPROCESSING).
     "vit": ImageNet mean/std, bicubic: RandomResizedCrop(image_size, bicubic) + flip; eval bicubic resize
         of the shorter side to ``resize`` (default image_size / 0.875) -> CenterCrop.
     "imagenet": as "vit" with bilinear interpolation (generic ImageNet-pretrained CNNs).
@@ -28,8 +31,20 @@ from torchvision.transforms import InterpolationMode
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+CAFFE_BGR_MEAN = (104.0, 117.0, 128.0)
 
-RECIPES = ("mnist", "cifar", "fine_grained", "fine_grained_crop", "vit", "imagenet")
+RECIPES = ("mnist", "cifar", "fine_grained", "fine_grained_crop", "fine_grained_caffe", "vit", "imagenet")
+
+
+class CaffeBGR:
+    """(3, H, W) RGB tensor in [0, 1] -> BGR in [0, 255] minus the Caffe ImageNet mean ``CAFFE_BGR_MEAN``."""
+
+    def __call__(self, x):
+        mean = x.new_tensor(CAFFE_BGR_MEAN).view(3, 1, 1)
+        return x.flip(0) * 255.0 - mean
+
+    def __repr__(self) -> str:
+        return f"CaffeBGR(mean={CAFFE_BGR_MEAN})"
 
 
 def build_transform(recipe: str, *, train: bool, image_size: int, resize: Optional[int] = None,
@@ -72,10 +87,10 @@ def build_transform(recipe: str, *, train: bool, image_size: int, resize: Option
             ]
         else:
             ops = [T.Resize((image_size, image_size))]
-    elif recipe in ("fine_grained", "fine_grained_crop"):
+    elif recipe in ("fine_grained", "fine_grained_crop", "fine_grained_caffe"):
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         side = resize or 256
-        if recipe == "fine_grained":
+        if recipe in ("fine_grained", "fine_grained_caffe"):
             ops = [T.Resize(side), T.RandomResizedCrop(image_size, scale=scale), T.RandomHorizontalFlip()] if train else [T.Resize(side), T.CenterCrop(image_size)]
         else:
             first = T.Resize((side, side))
@@ -88,4 +103,6 @@ def build_transform(recipe: str, *, train: bool, image_size: int, resize: Option
             ops = [T.RandomResizedCrop(image_size, scale=scale, interpolation=mode), T.RandomHorizontalFlip()]
         else:
             ops = [T.Resize(side, interpolation=mode), T.CenterCrop(image_size)]
+    if recipe == "fine_grained_caffe":
+        return T.Compose([*ops, T.ToTensor(), CaffeBGR()])
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
