@@ -85,6 +85,9 @@ class ModelConfig(_Strict):
     head_norm: Literal["none", "bn", "ln", "pre_ln"] = "none"
     #: initialisation of the head's Linear layer: Proxy-Anchor's Kaiming (fan_out) or SEE's orthogonal.
     head_init: Literal["kaiming_fan_out", "orthogonal"] = "kaiming_fan_out"
+    #: backbone parameter-name prefixes that never train, e.g. ["body.patch_embed"] (SEE freezes DeiT's
+    #: patch embedding); a prefix that matches nothing is an error when the model is built.
+    frozen: List[str] = Field(default_factory=list)
     normalize: bool = True
     freeze_bn: bool = False
     channels_last: bool = False

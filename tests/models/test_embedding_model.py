@@ -73,6 +73,18 @@ def test_orthogonal_head_init():
         _small(head_init="xavier")
 
 
+def test_frozen_prefixes_leave_the_optimiser_groups():
+    free = _small()
+    m = _small(frozen=["body.stage1"])
+    names = [n for n, p in m.backbone.named_parameters() if not p.requires_grad]
+    assert names and all(n.startswith("body.stage1.") for n in names)
+    total = sum(p.numel() for p in free.parameters())
+    grouped = sum(p.numel() for g in m.param_groups(1e-3) for p in g["params"])
+    assert grouped == total - sum(p.numel() for n, p in m.backbone.named_parameters() if n.startswith("body.stage1."))
+    with pytest.raises(ValueError, match="'body.patch_embed' matches no parameter of backbone 'small_cnn'"):
+        _small(frozen=["body.patch_embed"])
+
+
 def _bn_state(m):
     return {k: v.clone() for k, v in m.backbone.state_dict().items() if "running" in k or "num_batches" in k}
 

@@ -6,7 +6,7 @@ summarises a model so that checkpoints and indexes built with another model are 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -110,7 +110,7 @@ class EmbeddingModel(nn.Module):
 
 def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional[str] = None, pooling: str = "avg",
                 head_norm: str = "none", normalize: bool = True, freeze_bn: bool = False, in_chans: int = 3,
-                head_init: str = "kaiming_fan_out") -> EmbeddingModel:
+                head_init: str = "kaiming_fan_out", frozen: Sequence[str] = ()) -> EmbeddingModel:
     """Build backbone + embedding head.
 
     Args:
@@ -127,6 +127,8 @@ def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional
         freeze_bn: keep the backbone's BatchNorm layers in eval mode with frozen affine parameters.
         in_chans: input image channels.
         head_init: ``"kaiming_fan_out"`` or ``"orthogonal"`` initialisation of the head's Linear layer.
+        frozen: backbone parameter-name prefixes that never train (requires_grad off), e.g.
+            ``["body.patch_embed"]``: SEE freezes DeiT's patch embedding (PAKDD24-SEE model.py l.113, 149-157).
 
     Returns:
         ``EmbeddingModel`` mapping (B, in_chans, H, W) to (B, embedding_dim).
@@ -135,6 +137,13 @@ def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional
         raise ValueError(f"embedding_dim={embedding_dim!r} must be a positive int")
     bb = build_backbone(backbone, pretrained=pretrained, in_chans=in_chans, pooling=pooling)
     head = EmbeddingHead(bb.num_features, embedding_dim, norm=head_norm, normalize=normalize, init=head_init)
+    for prefix in frozen:
+        matched = [p for n, p in bb.named_parameters() if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            tops = sorted({n.split(".")[0] + "." + n.split(".")[1] if n.count(".") > 1 else n for n, _ in bb.named_parameters()})
+            raise ValueError(f"frozen prefix {prefix!r} matches no parameter of backbone {backbone!r}; its parameters start with: {', '.join(tops[:12])}")
+        for p in matched:
+            p.requires_grad_(False)
     return EmbeddingModel(bb, head, freeze_bn=freeze_bn)
 
 

@@ -80,6 +80,7 @@ def build_embedding_model(cfg: RunConfig, in_chans: int) -> nn.Module:
         pooling=m.pooling,
         head_norm=m.head_norm,
         head_init=m.head_init,
+        frozen=m.frozen,
         normalize=m.normalize,
         freeze_bn=m.freeze_bn,
         in_chans=in_chans,
