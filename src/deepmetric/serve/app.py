@@ -3,10 +3,13 @@
 Routes:
     GET  /             a self-contained web page (HTML + vanilla JS, no CDN): upload or pick an image,
                        see the top-k gallery items with scores and correct/incorrect marks.
-    GET  /health       liveness and what is served (item count, dimension, index kind).
+    GET  /health       liveness and what is served (item count, dimension, index kind, match threshold).
     GET  /info         what the page needs: classes, a few example gallery items, limits.
     POST /search?k=10  an image (multipart field ``file``, or the raw bytes as the body) -> JSON neighbours
-                       ``{"k", "query", "results": [{rank, id, score, label, class_name, name, thumbnail_url}]}``.
+                       ``{"k", "query", "threshold", "match", "results": [{rank, id, score, match, label,
+                       class_name, name, thumbnail_url}]}``. With a calibrated index (``deepmetric
+                       calibrate``) ``threshold`` is the cosine similarity a match needs and ``match`` says
+                       whether the best result reaches it ("no match" when false); both null otherwise.
     GET  /items/{id}   the thumbnail of indexed item ``id``.
 
 Safety: an item is addressed only by its integer row in the index metadata, never by a path, so only
@@ -126,7 +129,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Dict[str, Any]:
-        return {"status": "ok", "items": n_items, "dim": searcher.index.dim, "kind": searcher.index.kind}
+        return {"status": "ok", "items": n_items, "dim": searcher.index.dim, "kind": searcher.index.kind,
+                "threshold": searcher.index.threshold}
 
     @app.get("/info")
     async def info() -> Dict[str, Any]:
@@ -143,6 +147,7 @@ def create_app(
             "default_k": default_k,
             "max_upload_bytes": max_upload_bytes,
             "max_image_pixels": max_image_pixels,
+            "threshold": meta.get("threshold"),  # value + how it was calibrated, or null
         }
 
     @app.post("/search")
@@ -163,7 +168,9 @@ def create_app(
             results = searcher.search([image], k)[0]
             for r in results:
                 r["thumbnail_url"] = f"/items/{r['id']}"
-            return {"k": k, "query": query, "results": results}
+            t = searcher.index.threshold
+            matched = None if t is None else bool(results and results[0]["match"])
+            return {"k": k, "query": query, "threshold": t, "match": matched, "results": results}
 
         return await run_in_threadpool(work)
 

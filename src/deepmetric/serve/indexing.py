@@ -331,12 +331,16 @@ class IndexSearcher:
         }
 
     def search(self, images: Sequence[Image.Image], k: int) -> List[List[Dict[str, Any]]]:
-        """For each image, its top-k gallery items (``item`` fields plus ``rank`` and cosine ``score``), best first."""
+        """For each image, its top-k gallery items (``item`` fields plus ``rank``, cosine ``score`` and
+        ``match``), best first. ``match`` is ``score >= threshold`` when the index is calibrated
+        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match."""
         if not images:
             return []
         scores, ids = self.index.search(self.embed_images(images), k)
+        t = self.index.threshold
         return [
-            [{"rank": r + 1, "score": float(s), **self.item(int(i))} for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+            [{"rank": r + 1, "score": float(s), "match": None if t is None else bool(s >= t), **self.item(int(i))}
+             for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
             for srow, irow in zip(scores, ids)
         ]
 
