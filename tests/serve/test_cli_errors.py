@@ -58,6 +58,7 @@ def test_index_build_out_pointing_at_a_file_and_a_csv_row_with_a_missing_field(t
     ["serve", "--index", "{bad}/notarun"],
     ["report", "{bad}/notarun"],
     ["demo", "--epochs", "0", "--out", "{bad}/demo"],
+    ["calibrate", "--index", "{bad}/notarun"],
 ])
 def test_each_command_with_bad_input_is_one_line(bad_files, command):
     _one_line(_run(*[part.format(bad=bad_files) for part in command]))
