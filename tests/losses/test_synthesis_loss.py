@@ -14,7 +14,7 @@ from deepmetric.losses.baselines import MultiSimilarityWithMiner
 from deepmetric.losses.category_softmax import CategorySoftmaxLoss
 from deepmetric.losses.instance_softmax import InstanceSoftmaxLoss
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
-from deepmetric.losses.synthesis_loss import SynthesisLoss, base_kind, base_proxies
+from deepmetric.losses.synthesis_loss import ComposedSynthesisLoss, SynthesisLoss, base_kind, base_proxies
 from deepmetric.synthesis.angular_perturbation import AngularPerturbation
 from deepmetric.synthesis.embedding_expansion import EmbeddingExpansion
 from deepmetric.synthesis.intra_variance import IntraVarianceSynthesis
@@ -346,3 +346,23 @@ def test_argument_errors_and_proxy_lookup():
     assert base_proxies(arc).shape == (5, 8)
     assert base_proxies(pml.TripletMarginLoss()) is None
     assert math.isfinite(SynthesisLoss(pa(), see(fraction_schedule=(0.5, 0.5))).weight)
+
+
+# ------------------------------------------------------------------------------- several synthesisers
+
+
+def test_composed_synthesisers_add_their_own_terms_with_their_own_weights():
+    z, y = data(b=12, d=8, c=3)
+    base = pa(c=3, d=8)
+    s = see(n=2, fraction_schedule=(0.5, 0.5))
+    sym = SymmetricalSynthesis()
+    got = ComposedSynthesisLoss(base, [(s, 0.3), (sym, None)])(z, y, generator=gen(3))
+    zz, yy, syn = s(z, y, generator=gen(3), proxies=base.proxies)
+    z2, y2, _ = sym(z, y)
+    real = proxy_anchor_ref(z, y, base.proxies)
+    want = real + 0.3 * proxy_anchor_ref(zz[syn], yy[syn], base.proxies) + (proxy_anchor_ref(z2, y2, base.proxies) - real)
+    close(got, want)
+    close(grads(got, base.proxies)[0], grads(want, base.proxies)[0])
+    assert len(list(ComposedSynthesisLoss(base, [(s, 0.3), (sym, None)]).parameters())) == 1  # proxies once
+    with pytest.raises(ValueError, match="at least two synthesisers"):
+        ComposedSynthesisLoss(base, [(s, 0.3)])
