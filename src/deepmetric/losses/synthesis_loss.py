@@ -10,7 +10,8 @@ tuple (DESIGN: losses read ``is_synthetic``):
   proxy/classification losses score the synthetic rows alone, base(synthetic); pair and triplet
   losses take the tuples anchored on a real row whose other member(s) are synthetic, and a loss that
   averages per anchor (Multi-Similarity) averages over the real anchors that have such tuples, not
-  over every row of the enlarged batch.
+  over every row of the enlarged batch; the softmax embeddings (no tuples) take the real queries'
+  softmax over real ∪ synthetic keys.
 * ``"joint"`` (EE, Ko & Gu 2020; symmetrical, Gu & Ko 2020; feature_interpolation and
   angular_perturbation): one base loss over real ∪ synthetic with anchors on real rows, averaged over
   the real rows as base(real) is; ``hphn_triplet`` mines EE's hard negative pairs itself.
