@@ -96,7 +96,7 @@ def model_signature(cfg: RunConfig, model: nn.Module) -> Dict[str, Any]:
 
 def _accepts_context(loss_fn: nn.Module) -> bool:
     params = inspect.signature(loss_fn.forward).parameters
-    return "generator" in params and "progress" in params
+    return all(k in params for k in ("generator", "progress", "epoch", "epochs"))
 
 
 def _amp_context(cfg: RunConfig, device: torch.device):
@@ -319,7 +319,8 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                     with torch.autocast(device_type=device.type, enabled=False):
                         if ctx_loss:
                             gen = torch.Generator(device=emb.device).manual_seed(item_seed(cfg.seed, -2, step))
-                            loss = loss_fn(emb.float(), labels, generator=gen, progress=step / max(1, total_steps))
+                            loss = loss_fn(emb.float(), labels, generator=gen, progress=step / max(1, total_steps),
+                                           epoch=epoch, epochs=cfg.train.epochs)
                         else:
                             loss = loss_fn(emb.float(), labels)
                     if not torch.isfinite(loss):
