@@ -244,7 +244,7 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"data.samples_per_class={d.samples_per_class} has no effect with data.sampler=random (it draws "
                 "images uniformly); set data.sampler=m_per_class to get that many images per class, or remove "
-                "data.samples_per_class"
+                "data.samples_per_class (for a config stored by an older version: --set data.samples_per_class=null)"
             )
         return self
 
