@@ -78,10 +78,11 @@ def run_one(job):
 
     overrides = [f"seed={seed}", f"device={device}", f"data.root={root}", f"data.image_size={size['image_size']}",
                  f"train.epochs={size['epochs']}", f"train.max_steps_per_epoch={size['steps']}",
-                 f"data.batch_size={size['batch_size']}", f"data.samples_per_class={size['samples_per_class']}",
-                 "train.progress=false", "train.report=false"]
+                 f"data.batch_size={size['batch_size']}", "train.progress=false", "train.report=false"]
     if dim is not None:
         overrides.append(f"model.embedding_dim={dim}")
+    if load_config(ROOT / "configs" / f"{recipe}.yaml").data.sampler == "m_per_class":  # label-free recipes draw instances
+        overrides.append(f"data.samples_per_class={size['samples_per_class']}")
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
     t, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
