@@ -256,7 +256,8 @@ def _print_glyph_counts(root: Path, m: dict) -> None:
     table = Table(title=f"glyphs dataset {root} ({m['size']}x{m['size']}, {m['n_characters']} characters listed)")
     for col in ("split", "characters", "images", "images per character"):
         table.add_column(col, justify="right")
-    for s, c in m["counts"].items():
+    for s in ("train", "val", "test"):
+        c = m["counts"][s]
         table.add_row(s, str(c["classes"]), str(c["images"]), f"{c['images'] / max(1, c['classes']):.1f}")
     console.print(table)
     used = [t["key"] for t in m["typefaces"] if t["faces"]]
