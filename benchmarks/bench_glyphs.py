@@ -40,7 +40,7 @@ METHODS = [
     ("Multi-Similarity", "multi_similarity", None),
     ("Multi-Similarity + EE", "multi_similarity_ee", "multi_similarity"),
     ("Multi-Similarity + SEE", "multi_similarity_see", "multi_similarity"),
-    ("Triplet", "triplet", None),
+    ("Triplet (batch-hard HPHN)", "triplet", None),
     ("Triplet + EE", "triplet_ee", "triplet"),
     ("Instance softmax (no labels)", "instance_softmax", None),
     ("Instance softmax + feature augmentation (no labels)", "instance_softmax_feataug", "instance_softmax"),
