@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 import layouts  # noqa: E402
+from glyph_fonts import make_glyphs_dataset  # noqa: E402
 
 from deepmetric.config import load_config  # noqa: E402
 from deepmetric.train.loop import train  # noqa: E402
@@ -22,6 +23,7 @@ FIXTURES = {
     "inshop": lambda r: layouts.make_inshop(r, train_items=(1, 2, 3, 4, 5, 6), per_item=4),
     "cifar10": lambda r: layouts.make_cifar10(r, per_class_train=2, per_class_test=2),
     "stl10": lambda r: layouts.make_stl10(r, train_labels=(1, 2, 3, 4, 1, 2, 3, 4), test_labels=(4, 5, 6, 7, 4, 5, 6, 7)),
+    "glyphs": lambda r: make_glyphs_dataset(r),
 }
 
 
