@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deepmetric.config import build_config
-from deepmetric.train.checkpoint import CheckpointError, load_checkpoint
-from deepmetric.train.evaluate import evaluate_checkpoint
+from deepmetric.checkpoint import CheckpointError, load_checkpoint
+from deepmetric.inference import evaluate_checkpoint
 from deepmetric.train.loop import TrainingDiverged, train
 
 TINY = {

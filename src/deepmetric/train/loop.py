@@ -21,13 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepmetric.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from deepmetric.config import RunConfig, save_config
+from deepmetric.data.build import build_dataset
+from deepmetric.distributed import DistContext, barrier, cleanup, gather_nograd, gather_with_grad, init_distributed
+from deepmetric.inference import build_embedding_model, embed_dataset, evaluate_split
 from deepmetric.losses.build import build_loss
+from deepmetric.models import model_signature
 from deepmetric.registry import LOSSES, SYNTHESISERS
-from deepmetric.retrieval import embed, knn_accuracy, retrieval_metrics, topk_search
-from deepmetric.train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from deepmetric.train.data import build_dataset, build_train_data, eval_loader, item_seed
-from deepmetric.train.distributed import DistContext, barrier, cleanup, gather_nograd, gather_with_grad, init_distributed
+from deepmetric.retrieval import topk_search
+from deepmetric.train.data import build_train_data, item_seed
 from deepmetric.train.optim import build_optimizer, lr_factor, set_lr
 
 
@@ -69,29 +72,6 @@ def build_training_loss(cfg: RunConfig, *, num_classes: int, embedding_dim: int)
     return SynthesisLoss(base, synth, weight=cfg.synthesis.weight)
 
 
-def build_embedding_model(cfg: RunConfig, in_chans: int) -> nn.Module:
-    from deepmetric.models import build_model
-
-    m = cfg.model
-    return build_model(
-        m.backbone,
-        embedding_dim=m.embedding_dim,
-        pretrained=m.pretrained,
-        pooling=m.pooling,
-        head_norm=m.head_norm,
-        normalize=m.normalize,
-        freeze_bn=m.freeze_bn,
-        in_chans=in_chans,
-    )
-
-
-def model_signature(cfg: RunConfig, model: nn.Module) -> Dict[str, Any]:
-    """What must match for a checkpoint's weights to fit this model (backbone, dims, parameter shapes)."""
-    from deepmetric.models import model_signature as signature
-
-    return signature(model)
-
-
 def _accepts_context(loss_fn: nn.Module) -> bool:
     params = inspect.signature(loss_fn.forward).parameters
     return "generator" in params and "progress" in params
@@ -112,47 +92,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def _embed_dataset(model: nn.Module, dataset, cfg: RunConfig, ctx: DistContext):
-    """Embed a dataset; with several processes each embeds a shard and the shards are gathered."""
-    n = len(dataset)
-    amp_dtype = None if cfg.train.amp == "none" else (torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
-    if not ctx.enabled:
-        return embed(model, eval_loader(dataset, cfg, ctx), device=ctx.device, amp_dtype=amp_dtype)
-    per = math.ceil(n / ctx.world_size)
-    idx = [min(i, n - 1) for i in range(ctx.rank * per, (ctx.rank + 1) * per)]  # pad the last shard
-    emb, lab = embed(model, eval_loader(dataset, cfg, ctx, idx), device=ctx.device, amp_dtype=amp_dtype)
-    emb = gather_nograd(emb.to(ctx.device), ctx).cpu()[:n]
-    lab = gather_nograd(lab.to(ctx.device), ctx).cpu()[:n]
-    return emb, lab
-
-
-def evaluate(model: nn.Module, cfg: RunConfig, ctx: DistContext, split: str, *, train_memory=None) -> Dict[str, float]:
+def evaluate(model: nn.Module, cfg: RunConfig, ctx: DistContext, split: str) -> Dict[str, float]:
     """Retrieval metrics (and weighted kNN accuracy when configured) on one split."""
-    dataset = build_dataset(cfg, split, train=False)
-    emb, labels = _embed_dataset(_unwrap(model), dataset, cfg, ctx)
-    masks = {}
-    if getattr(dataset, "is_query", None) is not None:
-        masks = {"query_mask": np.asarray(dataset.is_query), "gallery_mask": np.asarray(dataset.is_gallery)}
-    metrics = retrieval_metrics(emb, labels, ks=tuple(cfg.eval.ks), nmi=cfg.eval.nmi, seed=cfg.seed, **masks)
-    if cfg.eval.knn_accuracy:
-        metrics["knn_accuracy"] = _knn_accuracy(model, cfg, ctx, emb, labels, dataset, train_memory)
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def _knn_accuracy(model, cfg, ctx, emb, labels, dataset, train_memory) -> float:
-    """Weighted kNN (SPEC §1). Seen classes: the training split is the memory. Unseen classes (the
-    evaluated split's classes are not the training classes): leave-one-out over the split itself."""
-    train_ds = build_dataset(cfg, cfg.data.train_split, train=False)
-    k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
-    if list(getattr(train_ds, "class_names", [])) == list(getattr(dataset, "class_names", [None])):
-        labeled = getattr(train_ds, "is_labeled", None)
-        if labeled is not None and not bool(np.all(labeled)):
-            # e.g. STL-10 train+unlabeled: unlabeled images carry a placeholder label and must not vote
-            train_ds = torch.utils.data.Subset(train_ds, np.flatnonzero(labeled).tolist())
-        mem_emb, mem_lab = _embed_dataset(_unwrap(model), train_ds, cfg, ctx)
-        return float(knn_accuracy(mem_emb, mem_lab, emb, labels, k=k, temperature=t))
-    return float(knn_accuracy(emb, labels, emb, labels, k=k, temperature=t, exclude_self=True))
+    return evaluate_split(_unwrap(model), cfg, ctx, build_dataset(cfg, split, train=False))
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -195,7 +137,7 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
     loss_fn = build_training_loss(cfg, num_classes=num_classes, embedding_dim=cfg.model.embedding_dim).to(device)
     optimizer = build_optimizer(model, loss_fn, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
-    signature = model_signature(cfg, model)
+    signature = model_signature(model)
 
     steps_per_epoch = len(data.batches.batch_sampler)
     if cfg.train.max_steps_per_epoch:
@@ -366,13 +308,6 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
     if ctx.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         writer.close()
-        if cfg.train.report:
-            from deepmetric.serve.report import write_report
-
-            try:
-                write_report(out)
-            except Exception as exc:  # a plot must never cost a finished training run
-                say(f"[yellow]warning[/]: the visual report failed ({type(exc).__name__}: {exc}); retry with deepmetric report {out}")
     return results
 
 
@@ -380,6 +315,6 @@ def _refresh_neighbours(model: nn.Module, cfg: RunConfig, ctx: DistContext, data
     """Neighbour positives (released CUB code): each epoch, each instance's nearest neighbour in the
     current embedding of the training set (eval transform) becomes its second view with probability p."""
     train_eval = build_dataset(cfg, cfg.data.train_split, train=False)
-    emb, _ = _embed_dataset(_unwrap(model), train_eval, cfg, ctx)
+    emb, _ = embed_dataset(_unwrap(model), train_eval, cfg, ctx)
     _, idx = topk_search(emb, k=1)
     data.dataset.set_neighbours(torch.as_tensor(idx[:, 0]), cfg.data.neighbour_positives, cfg.seed)
