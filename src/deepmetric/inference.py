@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -47,6 +46,8 @@ def build_embedding_model(cfg: RunConfig, in_chans: int) -> nn.Module:
         pretrained=m.pretrained,
         pooling=m.pooling,
         head_norm=m.head_norm,
+        head_init=m.head_init,
+        frozen=m.frozen,
         normalize=m.normalize,
         freeze_bn=m.freeze_bn,
         in_chans=in_chans,
@@ -141,35 +142,21 @@ def _knn_accuracy(model: nn.Module, cfg: RunConfig, ctx: DistContext, emb: torch
 # ------------------------------------------------------------------------------------------ image folders
 
 
-class ImageDirGallery(Dataset):
-    """Every image file under ``root`` (sorted, recursive). An image inside a first-level sub-folder is
-    labelled with that folder's name (class folders); an image directly in ``root`` has label −1 (unknown).
+#: label of an item whose file cannot be decoded; such items are dropped after embedding, never indexed
+UNREADABLE = -2
 
-    Files that PIL cannot identify are skipped with one warning that lists them.
+
+class GalleryFiles(Dataset):
+    """Gallery image files with their labels, read with the one loader (:func:`deepmetric.data.base.load_image`).
+
+    Unlike a training dataset, an unreadable file is never replaced by another image (that would index a
+    copy's embedding under this file's name): it yields a blank image and the label :data:`UNREADABLE`,
+    and the index builder leaves it out of the index with one warning listing them all.
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Optional[Callable], mode: str) -> None:
-        self.root = Path(root).expanduser().resolve()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist; pass a folder of images (optionally in class sub-folders)")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
-        good, bad = [], []
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    im.verify()  # header and structure only; cheap
-                good.append(p)
-            except Exception as exc:  # noqa: BLE001 - any decoder error means "not usable"
-                bad.append(f"{p} ({type(exc).__name__})")
-        if bad:
-            warnings.warn(f"skipped {len(bad)} unreadable image file(s) under {self.root}: {', '.join(bad[:10])}{' …' if len(bad) > 10 else ''}", stacklevel=2)
-        if not good:
-            raise FileNotFoundError(f"no readable image files under {str(self.root)!r} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
-        folders = [p.relative_to(self.root).parts[0] if len(p.relative_to(self.root).parts) > 1 else None for p in good]
-        self.class_names: List[str] = sorted({f for f in folders if f is not None})
-        index = {c: i for i, c in enumerate(self.class_names)}
-        self.paths = good
-        self.labels = [index[f] if f is not None else -1 for f in folders]
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int], transform: Optional[Callable], mode: str) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(v) for v in labels]
         self.transform = transform
         self.mode = mode
 
@@ -177,10 +164,34 @@ class ImageDirGallery(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image: Any = load_image(self.paths[i], self.mode)
+        label = self.labels[i]
+        try:
+            image: Any = load_image(self.paths[i], self.mode)
+        except Exception:  # noqa: BLE001 - missing, empty, truncated, not an image: all "leave it out"
+            image, label = Image.new(self.mode, (256, 256)), UNREADABLE
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.labels[i]
+        return image, label
+
+
+class ImageDirGallery(GalleryFiles):
+    """Every image file under ``root`` (sorted, recursive). An image inside a first-level sub-folder is
+    labelled with that folder's name (class folders); an image directly in ``root`` has label −1 (unknown).
+
+    Files that cannot be decoded get the label :data:`UNREADABLE` (see :class:`GalleryFiles`).
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Optional[Callable], mode: str) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist; pass a folder of images (optionally in class sub-folders)")
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        if not files:
+            raise FileNotFoundError(f"no image files under {str(self.root)!r} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        folders = [p.relative_to(self.root).parts[0] if len(p.relative_to(self.root).parts) > 1 else None for p in files]
+        self.class_names: List[str] = sorted({f for f in folders if f is not None})
+        index = {c: i for i, c in enumerate(self.class_names)}
+        super().__init__(files, [index[f] if f is not None else -1 for f in folders], transform, mode)
 
 
 # ------------------------------------------------------------------------------------------- the embedder
@@ -253,6 +264,10 @@ class Embedder:
     def folder(self, root: str | os.PathLike) -> ImageDirGallery:
         """The image files under ``root`` as a dataset fed like this model's inputs (see ImageDirGallery)."""
         return ImageDirGallery(root, self.transform, self.mode)
+
+    def files(self, paths: Sequence[str | os.PathLike], labels: Sequence[int]) -> GalleryFiles:
+        """Image files with their labels as a dataset fed like this model's inputs (see GalleryFiles)."""
+        return GalleryFiles(paths, labels, self.transform, self.mode)
 
     def embed_dataset(self, dataset: Dataset) -> Tuple[torch.Tensor, torch.Tensor]:
         """(embeddings (N, d), labels (N,)) of a dataset of (image tensor, label) items, on the CPU."""

@@ -54,7 +54,7 @@ def build_dataset(cfg: RunConfig, split: str, *, train: bool, transform: Any = "
     """
     d = cfg.data
     if transform == "default":
-        transform = build_transform(d.transform, train=train, image_size=d.image_size, resize=d.resize)
+        transform = build_transform(d.transform, train=train, image_size=d.image_size, resize=d.resize, crop_scale=d.crop_scale)
     cls = DATASETS.get(d.dataset)
     holdout = d.val_split == "holdout" and split in ("holdout", d.train_split)
     ds = cls(d.root, d.train_split if holdout else split, transform=transform, strict=d.strict_images)

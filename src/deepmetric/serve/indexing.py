@@ -16,16 +16,18 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
 from deepmetric.checkpoint import load_checkpoint, save_checkpoint
 from deepmetric.data.base import load_image
-from deepmetric.inference import Embedder
+from deepmetric.inference import UNREADABLE, Embedder
 from deepmetric.retrieval.index import KINDS, META_FILE, SearchIndex, SearchIndexError
 
 MODEL_FILE = "model.pt"
@@ -35,6 +37,11 @@ THUMBNAIL_SIDE = 256
 
 
 # ---------------------------------------------------------------------------------------- the gallery
+
+
+def dataset_labels(dataset: Any) -> List[int]:
+    """The label of each item of a dataset adapter (or a class subset of one), without reading images."""
+    return [int(v) for v in np.asarray(dataset.labels).tolist()]
 
 
 def dataset_paths(dataset: Any) -> Optional[List[str]]:
@@ -60,6 +67,21 @@ def _prepare_out(out: Path) -> None:
             elif p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _drop_unreadable(emb: torch.Tensor, labels: torch.Tensor, paths: List[str]):
+    """Leave the items whose file could not be decoded out of the gallery, with ONE warning listing them."""
+    bad = labels == UNREADABLE
+    if not bool(bad.any()):
+        return emb, labels, paths
+    bad_paths = [p for p, b in zip(paths, bad.tolist()) if b]
+    if bool(bad.all()):
+        raise ValueError(f"none of the {len(paths)} gallery image files could be decoded (first: {bad_paths[0]}); "
+                         "check the files and the dataset root")
+    shown = ", ".join(bad_paths[:20]) + (f" … ({len(bad_paths) - 20} more)" if len(bad_paths) > 20 else "")
+    warnings.warn(f"skipped {len(bad_paths)} unreadable image file(s) (left out of the index): {shown}", stacklevel=3)
+    keep = ~bad
+    return emb[keep], labels[keep], [p for p, b in zip(paths, bad.tolist()) if not b]
 
 
 @torch.no_grad()
@@ -109,9 +131,13 @@ def build_index_from_checkpoint(
             raw = embedder.dataset(split, transform=None)  # PIL images, saved as thumbnails
         class_names = [str(c) for c in getattr(gallery, "class_names", [])]
         source = {"dataset": cfg.data.dataset, "split": split}
+        if paths is not None:  # files: read them here, so that an unreadable one is left out, not replaced
+            gallery = embedder.files(paths, dataset_labels(gallery))
     out = Path(out)
     _prepare_out(out)
     emb, labels = embedder.embed_dataset(gallery)
+    if paths is not None:
+        emb, labels, paths = _drop_unreadable(emb, labels, paths)
     if raw is not None:
         (out / THUMBS_DIR).mkdir()
         for i in range(len(raw)):
@@ -186,12 +212,16 @@ class IndexSearcher:
         }
 
     def search(self, images: Sequence[Image.Image], k: int) -> List[List[Dict[str, Any]]]:
-        """For each image, its top-k gallery items (``item`` fields plus ``rank`` and cosine ``score``), best first."""
+        """For each image, its top-k gallery items (``item`` fields plus ``rank``, cosine ``score`` and
+        ``match``), best first. ``match`` is ``score >= threshold`` when the index is calibrated
+        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match."""
         if not images:
             return []
         scores, ids = self.index.search(self.embed_images(images), k)
+        t = self.index.threshold
         return [
-            [{"rank": r + 1, "score": float(s), **self.item(int(i))} for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+            [{"rank": r + 1, "score": float(s), "match": None if t is None else bool(s >= t), **self.item(int(i))}
+             for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
             for srow, irow in zip(scores, ids)
         ]
 
@@ -201,6 +231,7 @@ class IndexSearcher:
         Raises:
             IndexError: ``i`` is not an item of the index.
             FileNotFoundError: the gallery file has gone missing since the index was built.
+            OSError: the gallery file can no longer be decoded.
         """
         if not 0 <= i < len(self):
             raise IndexError(f"item {i} does not exist; the index holds items 0..{len(self) - 1}")
@@ -212,7 +243,11 @@ class IndexSearcher:
         path = Path(self.index.metadata["paths"][i])
         if not path.is_file():
             raise FileNotFoundError(f"gallery file {path} of item {i} is missing; rebuild the index or restore the file")
-        image = load_image(path, "RGB")
+        try:
+            image = load_image(path, "RGB")
+        except Exception as exc:  # noqa: BLE001 - the file was replaced or damaged after indexing
+            raise OSError(f"gallery file {path} of item {i} can no longer be decoded ({type(exc).__name__}); "
+                          "restore the file or rebuild the index") from None
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=85)

@@ -95,7 +95,7 @@ def build_train_data(cfg: RunConfig, ctx: DistContext, *, unsupervised: bool) ->
     d = cfg.data
     if unsupervised:
         base = build_dataset(cfg, d.train_split, train=True, transform=None)
-        dataset: Dataset = TwoViewDataset(base, build_transform(d.transform, train=True, image_size=d.image_size, resize=d.resize))
+        dataset: Dataset = TwoViewDataset(base, build_transform(d.transform, train=True, image_size=d.image_size, resize=d.resize, crop_scale=d.crop_scale))
     else:
         base = build_dataset(cfg, d.train_split, train=True)
         dataset = base
