@@ -162,8 +162,12 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 2) // a.jobs)
     jobs = [(prefix + suffix, s, size, str(root), a.device, threads, a.dim) for _, suffix, _ in methods for s in a.seeds]
     started = time.perf_counter()
+    results = []
     with ProcessPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(run_one, jobs))
+        for r in pool.map(run_one, jobs):
+            results.append(r)
+            print(f"[{len(results)}/{len(jobs)}] {r['recipe']} seed {r['seed']}: R@1 {100 * r['recall@1']:.2f}, MAP@R "
+                  f"{100 * r['map@r']:.2f}, {r['wall_seconds']:.0f} s wall, {r['cpu_seconds']:.0f} CPU s", flush=True)
     wall = time.perf_counter() - started
 
     from common import machine
