@@ -30,7 +30,7 @@ TABLE_METRICS = {"recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recal
 
 def _expected_errors() -> tuple:
     from deepmetric.config import ConfigError
-    from deepmetric.train.checkpoint import CheckpointError
+    from deepmetric.checkpoint import CheckpointError
     from deepmetric.train.loop import TrainingDiverged
 
     # OSError: unreadable or unwritable paths (permissions, a file where a folder is expected, a full disk)
@@ -76,6 +76,18 @@ GLYPHS_DEMO = {
 }
 
 
+def _report_after_training(cfg, out: Path) -> None:
+    """``train.report``: the visual report of a finished run (a failed plot never costs the run)."""
+    if not cfg.train.report:
+        return
+    from deepmetric.report import write_report
+
+    try:
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001 - the run is saved; the report can be retried
+        err_console.print(f"[yellow]warning[/]: the visual report failed ({type(exc).__name__}: {exc}); retry with deepmetric report {out}")
+
+
 @app.command()
 @friendly
 def demo(
@@ -115,6 +127,7 @@ def demo(
         console.print(f"[bold]deepmetric demo[/]: {cfg.loss.name} on embedded MNIST (train digits 0-2, validate 3-4, test unseen 5-9)")
         what, sel = "unseen digits 5-9", "validation digits 3-4"
     res = train(cfg, out, evaluate_before=True, console=console)
+    _report_after_training(cfg, out)
     console.print(metrics_table(f"test split ({what}), %", {"before training": res["before"], "after training": res["test"]}))
     console.print(f"after training = best.pt, epoch {res.get('selected_epoch')} of {epochs}, selected on the {sel} "
                   f"by {cfg.train.select_metric} (the test classes are never used for selection)")
@@ -136,6 +149,7 @@ def train_cmd(
     cfg = load_config(config, set_ or [])
     out = out or Path("runs") / cfg.name
     res = train(cfg, out, resume=resume, console=console)
+    _report_after_training(cfg, out)
     console.print(metrics_table(f"{cfg.name}: test split '{cfg.data.test_split}', %", {"test": res["test"]}))
 
 
@@ -149,7 +163,7 @@ def eval_cmd(
     per_class: Optional[Path] = typer.Option(None, "--per-class", help="with --detail: write the per-class metrics to this JSON file"),
 ) -> None:
     """Evaluate a checkpoint on a split with the config stored inside it."""
-    from deepmetric.train.evaluate import evaluate_checkpoint
+    from deepmetric.inference import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(checkpoint, split=split, overrides=set_ or [])
     console.print(metrics_table(f"{checkpoint} on '{split}', %", {split: metrics}))
@@ -163,7 +177,7 @@ def _print_detail(checkpoint: Path, split: str, overrides: List[str], per_class_
 
     from deepmetric.retrieval.openset import fnmr_at_fmr, pair_scores
     from deepmetric.retrieval.topk_metrics import topk_metrics
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
 
     emb, labels = embed_checkpoint(checkpoint, split=split, overrides=overrides)
     ks = tuple(k for k in (1, 5, 10, 20) if k < len(labels))
@@ -201,7 +215,7 @@ def embed_cmd(
     """Write the embeddings of a split to an .npz file (embeddings float32 (N, d), labels int64 (N,))."""
     import numpy as np
 
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
 
     emb, labels = embed_checkpoint(checkpoint, split=split, overrides=set_ or [])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +393,7 @@ def report_cmd(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="config override, e.g. data.root=/data/CUB"),
 ) -> None:
     """Write training curves, a retrieval grid and a t-SNE map of the test embeddings into RUN_DIR/report/."""
-    from deepmetric.serve.report import write_report
+    from deepmetric.report import write_report
 
     for name, path in write_report(run_dir, split=split, overrides=set_ or [], max_points=max_points).items():
         console.print(f"{name}: {path}")
@@ -397,13 +411,13 @@ def export_cmd(
     import torch
 
     from deepmetric.export import export_model
-    from deepmetric.serve.indexing import load_embedding_model
+    from deepmetric.inference import Embedder
 
-    model, cfg, dev = load_embedding_model(checkpoint, set_ or [], device="cpu")
-    size = cfg.data.image_size
-    example = torch.rand(2, int(getattr(model, "in_chans", 3)), size, size, generator=torch.Generator().manual_seed(0))
-    path = export_model(model, out, format=format, example_input=example)
-    console.print(f"wrote {format} model to {path} (images (B, {example.shape[1]}, {size}, {size}) -> embeddings (B, {cfg.model.embedding_dim}))")
+    embedder = Embedder.from_checkpoint(checkpoint, set_ or [], device="cpu")
+    size = embedder.cfg.data.image_size
+    example = torch.rand(2, embedder.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    path = export_model(embedder.model, out, format=format, example_input=example)
+    console.print(f"wrote {format} model to {path} (images (B, {example.shape[1]}, {size}, {size}) -> embeddings (B, {embedder.cfg.model.embedding_dim}))")
 
 
 def main() -> None:
