@@ -2,6 +2,7 @@
 
 * open-set: ``topk_metrics`` (tie-neutral P@k / R@k / mAP@k) against ``retrieval_metrics`` on the same
   embeddings; ``pair_scores`` (every pair for FNMR@FMR) against the matmul bound of its n²/2·d products.
+* lifecycle: adding / removing / updating 100 items of a 10,000-item index against building it.
 
 Writes benchmarks/results/retrieval.md. Usage: ``python benchmarks/bench_retrieval.py [--n 5924]``.
 """
@@ -61,19 +62,42 @@ def bench_openset(n: int, d: int, classes: int) -> list[str]:
     ]
 
 
+def bench_lifecycle(n: int, d: int) -> list[str]:
+    """Editing an index against rebuilding it (what a user would do without edits)."""
+    from deepmetric.retrieval.index import SearchIndex, clustered_vectors
+
+    x, _ = clustered_vectors(n, d, clusters=50, seed=0)
+    extra, _ = clustered_vectors(100, d, clusters=50, seed=1)
+    rows = [f"## Index lifecycle: {n:,} × {d} gallery, 100 items added / removed", "",
+            "| kind | build s | add 100 s | remove 100 s | update 100 s | add ÷ build |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for kind in ("flat", "hnsw", "ivfpq"):
+        t_build = median_time(lambda: SearchIndex.build(x, kind=kind), repeat=1, warmup=0)
+        index = SearchIndex.build(x, kind=kind)
+        t_add = median_time(lambda: index.add(extra), repeat=1, warmup=0)
+        new_ids = index.ids[-100:]
+        t_upd = median_time(lambda: index.update(new_ids, extra[::-1].copy()), repeat=1, warmup=0)
+        t_rm = median_time(lambda: index.remove(new_ids), repeat=1, warmup=0)
+        rows.append(f"| {kind} | {t_build:.2f} | {t_add:.4f} | {t_rm:.4f} | {t_upd:.4f} | {t_add / t_build:.4f} |")
+    rows += ["", "HNSW removals are tombstones (filtered during the search) until they reach a quarter of the graph, "
+             "which is then rebuilt from the stored vectors.", ""]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5924, help="items (default: CUB test size)")
     ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--lifecycle-n", type=int, default=10_000, help="gallery size of the lifecycle section")
     a = ap.parse_args()
     m = machine()
     lines = ["# Retrieval extensions: open-set, re-ranking, deployed-index quality, GPU kNN", "",
-             f"Command: `python benchmarks/bench_retrieval.py --n {a.n} --d {a.d} --classes {a.classes}`  ",
+             f"Command: `python benchmarks/bench_retrieval.py --n {a.n} --d {a.d} --classes {a.classes} --lifecycle-n {a.lifecycle_n}`  ",
              f"Date: {dt.datetime.now().isoformat(timespec='seconds')}  ",
              f"Machine: {m}; load average (1 min) at the start: {os.getloadavg()[0]:.1f} "
              "(above the core count, other jobs shared the machine: compare the ratios, not the seconds)", ""]
     lines += bench_openset(a.n, a.d, a.classes)
+    lines += bench_lifecycle(a.lifecycle_n, 64)
     out = HERE / "results" / "retrieval.md"
     out.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -213,6 +213,48 @@ def index_build_cmd(
     console.print(f"indexed {len(index)} items of {what} ({index.dim}-d, {index.kind}) into {out}")
 
 
+@index_app.command("add")
+@friendly
+def index_add_cmd(
+    images: List[Path] = typer.Argument(..., help="image file(s) to add"),
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+    class_name: Optional[str] = typer.Option(None, "--class", help="their class name (a new name becomes a new class)"),
+) -> None:
+    """Embed images with the index's own model and add them; the other items are not re-embedded."""
+    from deepmetric.serve.indexing import add_to_index
+
+    ids = add_to_index(index, images, class_name=class_name)
+    console.print(f"added {len(ids)} item(s) to {index}: ids {', '.join(map(str, ids))}")
+
+
+@index_app.command("remove")
+@friendly
+def index_remove_cmd(
+    ids: List[int] = typer.Argument(..., help="item id(s) to remove"),
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+) -> None:
+    """Remove items by id (HNSW: tombstones, the graph is rebuilt when they reach a quarter of it)."""
+    from deepmetric.serve.indexing import remove_from_index
+
+    left = remove_from_index(index, ids)
+    console.print(f"removed {len(ids)} item(s) from {index}; {left} left")
+
+
+@index_app.command("update")
+@friendly
+def index_update_cmd(
+    item_id: int = typer.Argument(..., help="id of the item to replace"),
+    image: Path = typer.Argument(..., help="its new image file"),
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+    class_name: Optional[str] = typer.Option(None, "--class", help="its new class name (default: keep)"),
+) -> None:
+    """Re-embed one item from a new image, keeping its id."""
+    from deepmetric.serve.indexing import update_in_index
+
+    update_in_index(index, item_id, image, class_name=class_name)
+    console.print(f"updated item {item_id} of {index} from {image}")
+
+
 @app.command("search")
 @friendly
 def search_cmd(
@@ -276,13 +318,14 @@ def serve_cmd(
     port: int = typer.Option(8000, help="TCP port"),
     max_upload_mb: float = typer.Option(10.0, help="largest accepted image file, in MB"),
     max_k: int = typer.Option(100, help="largest k a request may ask for"),
+    allow_edits: bool = typer.Option(False, "--allow-edits", help="enable POST/PUT/DELETE /items (adding, replacing, removing gallery items)"),
 ) -> None:
     """Serve the index over HTTP: a web page at /, POST /search, GET /items/{id}, GET /health."""
     import uvicorn
 
     from deepmetric.serve.app import create_app
 
-    web = create_app(index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k)
+    web = create_app(index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k, allow_edits=allow_edits)
     console.print(f"serving {index} on http://{host}:{port}/ (Ctrl+C stops)")
     uvicorn.run(web, host=host, port=port, log_level="warning")
 

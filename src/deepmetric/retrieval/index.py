@@ -534,7 +534,14 @@ class SearchIndex:
         theirs = self.metadata.get("model_signature")
         if theirs and theirs != signature:
             diffs = [f"{k}: index {theirs.get(k)!r} vs {signature.get(k)!r}" for k in sorted(set(theirs) | set(signature)) if theirs.get(k) != signature.get(k)]
-            raise SearchIndexError(f"the index was built with another model than {source} ({'; '.join(diffs)}); rebuild the index with this model's checkpoint")
+            raise SearchIndexError(f"the index was built with another model than {source} ({'; '.join(diffs)}); embeddings of two "
+                                   f"models are not comparable, so re-embed the whole gallery with the new model: {self.rebuild_command()}")
+
+    def rebuild_command(self, checkpoint: str = "NEW_CHECKPOINT.pt", out: str = "DIR") -> str:
+        """The ``deepmetric index build`` command that re-embeds this index's gallery with another checkpoint."""
+        src = self.metadata.get("source") or {}
+        gallery = f"--images {src['image_dir']}" if "image_dir" in src else (f"--split {src['split']}" if "split" in src else "--split SPLIT")
+        return f"`deepmetric index build --checkpoint {checkpoint} {gallery} --kind {self.kind} --out {out}`"
 
 
 def measured_recall(index: SearchIndex, exact: SearchIndex, queries: Any, k: int) -> float:

@@ -29,6 +29,8 @@ from deepmetric.retrieval.index import META_FILE, SearchIndex, SearchIndexError
 
 MODEL_FILE = "model.pt"
 THUMBS_DIR = "thumbs"
+#: images uploaded through the API's POST/PUT /items are kept here (as <id>.png), so the index owns them
+ADDED_DIR = "added"
 #: Longest side of the thumbnails made on demand from gallery files.
 THUMBNAIL_SIDE = 256
 
@@ -144,8 +146,7 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / META_FILE).is_file():
             raise FileExistsError(f"{out} exists and is not an index folder; choose an empty or new --out")
-        for name in ("index.faiss", META_FILE, MODEL_FILE, THUMBS_DIR):
-            p = out / name
+        for p in [out / n for n in (META_FILE, MODEL_FILE, THUMBS_DIR, ADDED_DIR, "roc.png")] + list(out.glob("index*.faiss")):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -282,16 +283,52 @@ class IndexSearcher:
         return self.model(batch).float().cpu()
 
     def item(self, i: int) -> Dict[str, Any]:
-        """What is known about gallery item ``i``: id, label (None if unknown), class name, file name."""
+        """What is known about gallery item with id ``i``: id, label (None if unknown), class name, file name."""
         meta = self.index.metadata
+        pos = self.index.position(i)
         labels, names, paths = meta.get("labels"), meta.get("class_names") or [], meta.get("paths")
-        label = labels[i] if labels is not None and labels[i] >= 0 else None
+        label = labels[pos] if labels is not None and labels[pos] >= 0 else None
         return {
             "id": int(i),
             "label": label,
             "class_name": names[label] if label is not None and label < len(names) else None,
-            "name": Path(paths[i]).name if paths else f"{i:06d}.png",
+            "name": Path(paths[pos]).name if paths and paths[pos] else f"{i:06d}.png",
         }
+
+    # ---------------------------------------------------------------------------------------- edits
+    def _label_of(self, class_name: Optional[str]) -> int:
+        """Label of ``class_name`` (a new class is appended to the index's class names); None = unknown (−1)."""
+        if class_name is None:
+            return -1
+        names = self.index.metadata.setdefault("class_names", [])
+        if class_name not in names:
+            names.append(class_name)
+        return names.index(class_name)
+
+    def add_images(self, images: Sequence[Image.Image], paths: Sequence[str], class_names: Sequence[Optional[str]]) -> List[int]:
+        """Embed ``images`` with the index's model, add them (new ids), and commit the folder atomically."""
+        emb = self.embed_images(images)
+        ids = self.index.add(emb, labels=[self._label_of(c) for c in class_names], paths=list(paths))
+        self._commit()
+        return ids
+
+    def update_image(self, item_id: int, image: Image.Image, path: str, class_name: Optional[str] = None) -> None:
+        """Replace item ``item_id``'s image (and class, when given), keeping its id; commit."""
+        self.index.position(item_id)  # KeyError before any work
+        emb = self.embed_images([image])
+        labels = None if class_name is None else [self._label_of(class_name)]
+        self.index.update([item_id], emb, labels=labels, paths=[path])
+        self._commit()
+
+    def remove(self, ids: Sequence[int]) -> None:
+        """Remove items by id (their stored thumbnails too) and commit."""
+        self.index.remove(ids)
+        _drop_item_images(self.dir, self.index, ids)
+        self._commit()
+
+    def _commit(self) -> None:
+        self.index.commit(self.dir)
+        self._thumbnail.cache_clear()
 
     def search(self, images: Sequence[Image.Image], k: int) -> List[List[Dict[str, Any]]]:
         """For each image, its top-k gallery items (``item`` fields plus ``rank``, cosine ``score`` and
@@ -314,16 +351,19 @@ class IndexSearcher:
             IndexError: ``i`` is not an item of the index.
             FileNotFoundError: the gallery file has gone missing since the index was built.
         """
-        if not 0 <= i < len(self):
-            raise IndexError(f"item {i} does not exist; the index holds items 0..{len(self) - 1}")
-        return self._thumbnail(int(i))
+        try:
+            pos = self.index.position(i)
+        except KeyError as exc:
+            raise IndexError(exc.args[0]) from None
+        paths = self.index.metadata.get("paths")
+        return self._thumbnail(int(i), paths[pos] if paths else None)
 
-    def _make_thumbnail(self, i: int) -> tuple[bytes, str]:
+    def _make_thumbnail(self, i: int, path: Optional[str]) -> tuple[bytes, str]:
         from deepmetric.data.base import load_image
 
-        if self.thumbs_dir is not None:
+        if path is None:  # a gallery without files (embedded datasets): the PNG written at build time
             return (self.thumbs_dir / f"{i:06d}.png").read_bytes(), "image/png"
-        path = Path(self.index.metadata["paths"][i])
+        path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"gallery file {path} of item {i} is missing; rebuild the index or restore the file")
         image = load_image(path, "RGB")
@@ -333,14 +373,50 @@ class IndexSearcher:
         return buf.getvalue(), "image/jpeg"
 
 
-def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto") -> List[List[Dict[str, Any]]]:
-    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`)."""
+def _load_query_images(paths: Sequence[str | os.PathLike], mode: str) -> List[Image.Image]:
     from deepmetric.data.base import load_image
 
-    searcher = IndexSearcher(index_dir, device=device)
     images = []
-    for p in image_paths:
+    for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"query image {str(p)!r} does not exist")
-        images.append(load_image(Path(p), searcher.mode))
-    return searcher.search(images, k)
+            raise FileNotFoundError(f"image {str(p)!r} does not exist")
+        images.append(load_image(Path(p), mode))
+    return images
+
+
+def add_to_index(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], *, class_name: Optional[str] = None,
+                 device: str = "auto") -> List[int]:
+    """Embed image files with the index's own model and add them (the rest is not re-embedded); their ids."""
+    searcher = IndexSearcher(index_dir, device=device)
+    images = _load_query_images(image_paths, searcher.mode)
+    return searcher.add_images(images, [str(Path(p).resolve()) for p in image_paths], [class_name] * len(images))
+
+
+def update_in_index(index_dir: str | os.PathLike, item_id: int, image_path: str | os.PathLike, *, class_name: Optional[str] = None,
+                    device: str = "auto") -> None:
+    """Re-embed item ``item_id`` from a new image file (same id; class kept unless given)."""
+    searcher = IndexSearcher(index_dir, device=device)
+    searcher.update_image(item_id, _load_query_images([image_path], searcher.mode)[0], str(Path(image_path).resolve()), class_name)
+
+
+def remove_from_index(index_dir: str | os.PathLike, ids: Sequence[int]) -> int:
+    """Remove items by id (no model needed); the number of items left."""
+    index = SearchIndex.load(index_dir)
+    index.remove([int(i) for i in ids])
+    _drop_item_images(Path(index_dir), index, ids)
+    index.commit(index_dir)
+    return len(index)
+
+
+def _drop_item_images(index_dir: Path, index: SearchIndex, ids: Sequence[int]) -> None:
+    """Delete the PNGs the index folder itself holds for removed items (build-time thumbnails, API uploads)."""
+    thumbs = index.metadata.get("thumbnails")
+    for folder in ([index_dir / thumbs] if thumbs else []) + [index_dir / ADDED_DIR]:
+        for i in ids:
+            (folder / f"{int(i):06d}.png").unlink(missing_ok=True)
+
+
+def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto") -> List[List[Dict[str, Any]]]:
+    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`)."""
+    searcher = IndexSearcher(index_dir, device=device)
+    return searcher.search(_load_query_images(image_paths, searcher.mode), k)
