@@ -261,11 +261,12 @@ def search_cmd(
     images: List[Path] = typer.Argument(..., help="query image file(s)"),
     index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
     k: int = typer.Option(10, "-k", "--k", min=1, help="neighbours per query"),
+    qe: int = typer.Option(0, "--qe", min=0, help="re-rank by alpha-query expansion over this many neighbours (0 = off)"),
 ) -> None:
     """Print the k most similar gallery items of each query image."""
     from deepmetric.serve.indexing import search_images
 
-    results = search_images(index, images, k)  # a bad index folder is a SearchIndexError (ValueError): one red line
+    results = search_images(index, images, k, qe=qe)  # a bad index folder is a SearchIndexError (ValueError): one red line
     for path, rows in zip(images, results):
         table = Table(title=f"{path}: top {len(rows)}")
         for col, justify in (("rank", "right"), ("id", "right"), ("score", "right"), ("class", "left"), ("item", "left")):

@@ -330,13 +330,15 @@ class IndexSearcher:
         self.index.commit(self.dir)
         self._thumbnail.cache_clear()
 
-    def search(self, images: Sequence[Image.Image], k: int) -> List[List[Dict[str, Any]]]:
+    def search(self, images: Sequence[Image.Image], k: int, *, qe: int = 0) -> List[List[Dict[str, Any]]]:
         """For each image, its top-k gallery items (``item`` fields plus ``rank``, cosine ``score`` and
         ``match``), best first. ``match`` is ``score >= threshold`` when the index is calibrated
-        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match."""
+        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match.
+        ``qe`` > 0 re-ranks by α-query expansion over the ``qe`` nearest items (``SearchIndex.search``); the
+        scores are then similarities to the expanded query."""
         if not images:
             return []
-        scores, ids = self.index.search(self.embed_images(images), k)
+        scores, ids = self.index.search(self.embed_images(images), k, qe=qe)
         t = self.index.threshold
         return [
             [{"rank": r + 1, "score": float(s), "match": None if t is None else bool(s >= t), **self.item(int(i))}
@@ -416,7 +418,8 @@ def _drop_item_images(index_dir: Path, index: SearchIndex, ids: Sequence[int]) -
             (folder / f"{int(i):06d}.png").unlink(missing_ok=True)
 
 
-def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto") -> List[List[Dict[str, Any]]]:
+def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto",
+                  qe: int = 0) -> List[List[Dict[str, Any]]]:
     """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`)."""
     searcher = IndexSearcher(index_dir, device=device)
-    return searcher.search(_load_query_images(image_paths, searcher.mode), k)
+    return searcher.search(_load_query_images(image_paths, searcher.mode), k, qe=qe)
