@@ -36,8 +36,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+
+from deepmetric.data.base import oriented
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: Room for the multipart envelope (boundaries, part headers) on top of the image-size limit.
@@ -76,8 +78,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width == 0 or height == 0:
         raise ApiError(400, f"image has no pixels ({width}×{height})")
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        image = oriented(image)  # the datasets' decoding: first frame, EXIF orientation
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
         raise ApiError(400, f"the image data is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
     return image
@@ -188,7 +189,7 @@ def create_app(
         i = _parse_id(item_id, searcher)
         try:
             content, media_type = await run_in_threadpool(searcher.thumbnail, i)
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing or no longer decodable since indexing (FileNotFoundError included)
             raise ApiError(404, str(exc)) from None
         except IndexError as exc:  # removed meanwhile
             raise ApiError(404, str(exc)) from None
