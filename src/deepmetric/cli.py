@@ -114,12 +114,26 @@ def eval_cmd(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set data.root=/data/CUB"),
     detail: bool = typer.Option(False, "--detail", help="also P@k, mAP@k (tie-neutral), FNMR@FMR and a per-class table"),
     per_class: Optional[Path] = typer.Option(None, "--per-class", help="with --detail: write the per-class metrics to this JSON file"),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="also score after re-ranking: qe | dba | dba+qe | k_reciprocal"),
 ) -> None:
     """Evaluate a checkpoint on a split with the config stored inside it."""
     from deepmetric.train.evaluate import evaluate_checkpoint
 
+    if rerank is not None:
+        from deepmetric.retrieval.rerank import METHODS
+
+        if rerank not in METHODS:
+            raise ValueError(f"--rerank {rerank!r} is not one of {', '.join(METHODS)}")
     metrics = evaluate_checkpoint(checkpoint, split=split, overrides=set_ or [])
-    console.print(metrics_table(f"{checkpoint} on '{split}', %", {split: metrics}))
+    rows = {split: metrics}
+    if rerank is not None:
+        from deepmetric.retrieval.rerank import rerank_metrics
+        from deepmetric.train.evaluate import embed_checkpoint
+
+        emb, labels = embed_checkpoint(checkpoint, split=split, overrides=set_ or [])
+        ks = tuple(int(k[len("recall@"):]) for k in metrics if k.startswith("recall@"))
+        rows[f"{split}, {rerank}"] = rerank_metrics(emb, labels, method=rerank, ks=ks or (1, 2, 4, 8))
+    console.print(metrics_table(f"{checkpoint} on '{split}', %", rows))
     if detail:
         _print_detail(checkpoint, split, set_ or [], per_class)
 
