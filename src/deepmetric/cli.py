@@ -115,6 +115,7 @@ def eval_cmd(
     detail: bool = typer.Option(False, "--detail", help="also P@k, mAP@k (tie-neutral), FNMR@FMR and a per-class table"),
     per_class: Optional[Path] = typer.Option(None, "--per-class", help="with --detail: write the per-class metrics to this JSON file"),
     rerank: Optional[str] = typer.Option(None, "--rerank", help="also score after re-ranking: qe | dba | dba+qe | k_reciprocal"),
+    index: Optional[str] = typer.Option(None, "--index", help="also score through deployed indexes, e.g. hnsw,ivfpq,float16,int8,pca32 (with size and latency)"),
 ) -> None:
     """Evaluate a checkpoint on a split with the config stored inside it."""
     from deepmetric.train.evaluate import evaluate_checkpoint
@@ -134,8 +135,26 @@ def eval_cmd(
         ks = tuple(int(k[len("recall@"):]) for k in metrics if k.startswith("recall@"))
         rows[f"{split}, {rerank}"] = rerank_metrics(emb, labels, method=rerank, ks=ks or (1, 2, 4, 8))
     console.print(metrics_table(f"{checkpoint} on '{split}', %", rows))
+    if index is not None:
+        _print_deployed(checkpoint, split, set_ or [], [v.strip() for v in index.split(",") if v.strip()])
     if detail:
         _print_detail(checkpoint, split, set_ or [], per_class)
+
+
+def _print_deployed(checkpoint: Path, split: str, overrides: List[str], variants: List[str]) -> None:
+    """R@K / MAP@R through each deployed index variant next to exact search, with size and latency."""
+    from deepmetric.retrieval.deployed import deployed_quality
+    from deepmetric.train.evaluate import embed_checkpoint
+
+    emb, labels = embed_checkpoint(checkpoint, split=split, overrides=overrides)
+    rows = deployed_quality(emb, labels, variants=variants)
+    table = Table(title=f"'{split}' through deployed indexes (self-search), %")
+    for col in ("index", "R@1", "R@8", "MAP@R", "MiB", "bytes/item", "ms/query"):
+        table.add_column(col, justify="left" if col == "index" else "right")
+    for r in rows:
+        table.add_row(r["variant"] + (" (exact)" if r["variant"] == "flat" else ""), f"{100 * r['recall@1']:.2f}", f"{100 * r['recall@8']:.2f}",
+                      f"{100 * r['map@r']:.2f}", f"{r['bytes'] / 2**20:.2f}", f"{r['bytes_per_item']:.0f}", f"{r['latency_ms']:.3f}")
+    console.print(table)
 
 
 def _print_detail(checkpoint: Path, split: str, overrides: List[str], per_class_out: Optional[Path]) -> None:

@@ -126,3 +126,12 @@ def test_eval_rerank_adds_a_row_equal_to_rerank_metrics(tiny_run):
     assert f"{100 * ref['map@r']:.2f}" in row and f"{100 * ref['recall@1']:.2f}" in row
     r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--rerank", "magic"])
     assert r.exit_code == 2 and "not one of" in r.output
+
+
+def test_eval_index_reports_each_variant(tiny_run):
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--index", "hnsw,float16,pca8"])
+    assert r.exit_code == 0, r.output
+    for name in ("flat (exact)", "hnsw", "float16", "pca8"):
+        assert name in r.output
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--index", "lsh"])
+    assert r.exit_code == 2 and "not one of" in r.output
