@@ -396,7 +396,11 @@ def export_cmd(
     model, cfg, dev = load_embedding_model(checkpoint, set_ or [], device="cpu")
     size = cfg.data.image_size
     example = torch.rand(2, int(getattr(model, "in_chans", 3)), size, size, generator=torch.Generator().manual_seed(0))
-    path = export_model(model, out, format=format, example_input=example)
+    from deepmetric.export import preprocessing_metadata
+    from deepmetric.serve.indexing import eval_transform
+
+    meta = preprocessing_metadata(eval_transform(cfg), image_size=size, resize=cfg.data.resize, channels=int(example.shape[1]))
+    path = export_model(model, out, format=format, example_input=example, metadata=meta if format == "onnx" else None)
     console.print(f"wrote {format} model to {path} (images (B, {example.shape[1]}, {size}, {size}) -> embeddings (B, {cfg.model.embedding_dim}))")
 
 

@@ -135,3 +135,15 @@ def test_eval_index_reports_each_variant(tiny_run):
         assert name in r.output
     r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--index", "lsh"])
     assert r.exit_code == 2 and "not one of" in r.output
+
+
+def test_cli_onnx_export_carries_the_preprocessing(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from deepmetric.export import read_onnx_metadata
+
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(app, ["export", "--checkpoint", str(tiny_run / "best.pt"), "--format", "onnx", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = read_onnx_metadata(out)
+    assert meta["image_size"] == 8 and meta["channels"] == 1 and meta["image_mode"] == "L"
+    assert len(meta["mean"]) == len(meta["std"]) == 1
