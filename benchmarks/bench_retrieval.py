@@ -91,7 +91,7 @@ def trained_test_embeddings(epochs: int):
     import tempfile
 
     from deepmetric.config import build_config
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
     from deepmetric.train.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:

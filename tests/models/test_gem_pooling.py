@@ -27,7 +27,7 @@ def test_gem_exponent_is_a_learned_parameter_with_correct_gradient():
 
 def test_a_config_can_ask_for_gem():
     from deepmetric.config import build_config
-    from deepmetric.train.loop import build_embedding_model
+    from deepmetric.inference import build_embedding_model
 
     cfg = build_config({"model": {"pooling": "gem"}}, source="test")
     model = build_embedding_model(cfg, in_chans=1)
