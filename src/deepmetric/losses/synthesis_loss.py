@@ -11,10 +11,16 @@ class attribute ``combine``:
   angular_perturbation): one base loss over real ∪ synthetic, anchors restricted to real rows where the
   base loss takes PML tuples; with EE's ``hard_pair_mining`` the tuples are EE's mined ones.
 * ``"ranking"`` (intra-variance, Liu et al. 2024): L = base(real) + γ·IntraClassRankingLoss(batch).
+
+``forward(..., return_terms=True)`` returns :class:`LossTerms` (loss, base, aux, weight), loss = base +
+weight·aux, which the training loop logs as ``loss_base`` and ``loss_aux``. Synthesisers that work
+before the embedding head (intra-variance, ``space="features"``) also get the context ``features=`` and
+``head=`` that the loss receives.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import inspect
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from pytorch_metric_learning.losses import GenericPairLoss, TripletMarginLoss
@@ -22,7 +28,7 @@ from torch import nn
 
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
 
-__all__ = ["SynthesisLoss", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
+__all__ = ["LossTerms", "SynthesisLoss", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
 
 COMBINE_RULES = ("separate", "joint", "ranking")
 
@@ -85,6 +91,24 @@ def real_anchored_triplets(labels: torch.Tensor, is_synthetic: torch.Tensor, *, 
     return a, p, n
 
 
+class LossTerms(NamedTuple):
+    """A composite loss and its terms: ``loss = base + weight * aux``.
+
+    Attributes:
+        loss: the scalar that is minimised (carries the gradient).
+        base: the base loss on the real rows. For ``combine="joint"`` (one loss over real ∪ synthetic
+            rows) it is the base loss on the real rows alone, computed without gradient for reference.
+        aux: the added term: λ·… / γ·… divided by its weight; for "joint" what the synthetic rows add
+            (loss − base). Zero when nothing was synthesised.
+        weight: λ or γ (1.0 for "joint").
+    """
+
+    loss: torch.Tensor
+    base: torch.Tensor
+    aux: torch.Tensor
+    weight: float
+
+
 class SynthesisLoss(nn.Module):
     """A base loss trained on real plus synthesised embeddings.
 
@@ -126,6 +150,9 @@ class SynthesisLoss(nn.Module):
         self.combine = combine
         self.weight = weight
         self.ranking_loss = IntraClassRankingLoss(**synthesiser.ranking_loss_params()) if combine == "ranking" else None
+        accepted = inspect.signature(synthesiser.forward).parameters
+        #: whether the synthesiser works before the head: the loop then passes ``features=`` and ``head=``
+        self.uses_features = "features" in accepted and "head" in accepted and getattr(synthesiser, "space", "features") == "features"
 
     def forward(
         self,
@@ -134,13 +161,38 @@ class SynthesisLoss(nn.Module):
         *,
         generator: Optional[torch.Generator] = None,
         progress: float = 0.0,
-    ) -> torch.Tensor:
-        """embeddings (B, d), labels (B,) -> scalar. ``generator`` and ``progress`` go to the synthesiser."""
+        features: Optional[torch.Tensor] = None,
+        head: Optional[nn.Module] = None,
+        return_terms: bool = False,
+    ):
+        """embeddings (B, d), labels (B,) -> scalar, or :class:`LossTerms` with ``return_terms``.
+
+        ``generator`` and ``progress`` go to the synthesiser, and so do ``features`` (B, F) (the pooled
+        backbone features the embeddings were computed from) and ``head`` (the module mapping them to
+        embeddings) when it uses them (:attr:`uses_features`).
+        """
+        terms = self._terms(embeddings, labels, generator=generator, progress=progress, features=features, head=head,
+                            return_terms=return_terms)
+        return terms if return_terms else terms.loss
+
+    def _combined(self, real: torch.Tensor, extra: torch.Tensor) -> LossTerms:
+        return LossTerms(real + self.weight * extra, real.detach(), extra.detach(), self.weight)
+
+    def _joint(self, total: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, return_terms: bool) -> LossTerms:
+        if not return_terms:  # the reference base loss costs a second evaluation: only when asked
+            return LossTerms(total, total.detach(), torch.zeros_like(total.detach()), 1.0)
+        with torch.no_grad():
+            real = self.base_loss(embeddings, labels)
+        return LossTerms(total, real, total.detach() - real, 1.0)
+
+    def _terms(self, embeddings, labels, *, generator, progress, features, head, return_terms) -> LossTerms:
         proxies = base_proxies(self.base_loss)
-        batch = self.synthesiser(embeddings, labels, generator=generator, proxies=proxies, progress=progress)
+        context = {"features": features, "head": head} if self.uses_features else {}
+        batch = self.synthesiser(embeddings, labels, generator=generator, proxies=proxies, progress=progress, **context)
         z, y, syn = batch
         if not bool(syn.any()):  # nothing synthesised: exactly the base loss
-            return self.base_loss(embeddings, labels)
+            real = self.base_loss(embeddings, labels)
+            return LossTerms(real, real.detach(), torch.zeros_like(real.detach()), 1.0 if self.weight is None else self.weight)
         kind, inner = _tuple_kind(self.base_loss)
         if self.combine == "separate":
             real = self.base_loss(embeddings, labels)
@@ -150,7 +202,7 @@ class SynthesisLoss(nn.Module):
                 extra = self.base_loss(z, y, real_anchored_triplets(y, syn, synthetic_partner=True))
             else:
                 extra = self.base_loss(z, y, real_anchored_pairs(y, syn, synthetic_partner=True))
-            return real + self.weight * extra
+            return self._combined(real, extra)
         if self.combine == "ranking":
             real = self.base_loss(embeddings, labels)
             owner = getattr(batch, "owner", None)
@@ -158,8 +210,11 @@ class SynthesisLoss(nn.Module):
             if owner is None or intensity is None:
                 raise ValueError(f"combine='ranking' needs a traced batch (owner, intensity) from the synthesiser, got {type(batch).__name__}")
             rank = self.ranking_loss(z, y, source=owner[:, 0], intensity=intensity, proxies=proxies)
-            return real + self.weight * rank
+            return self._combined(real, rank)
         # joint
+        return self._joint(self._joint_loss(z, y, batch, kind, inner, syn, proxies), embeddings, labels, return_terms)
+
+    def _joint_loss(self, z, y, batch, kind, inner, syn, proxies) -> torch.Tensor:
         if kind is None or proxies is not None:
             return self.base_loss(z, y)
         if getattr(self.synthesiser, "hard_pair_mining", False):

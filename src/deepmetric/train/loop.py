@@ -97,6 +97,18 @@ def _accepts_context(loss_fn: nn.Module) -> bool:
     return "generator" in params and "progress" in params
 
 
+def _uses_features(loss_fn: nn.Module) -> bool:
+    """Whether the loss wants the pooled backbone features and the head (``features=``, ``head=``): it
+    accepts them and says it uses them (``uses_features``, e.g. intra-variance before the head)."""
+    params = inspect.signature(loss_fn.forward).parameters
+    return "features" in params and "head" in params and bool(getattr(loss_fn, "uses_features", False))
+
+
+def _returns_terms(loss_fn: nn.Module) -> bool:
+    """Whether the loss is a composite that can report its terms (``return_terms=True`` -> LossTerms)."""
+    return "return_terms" in inspect.signature(loss_fn.forward).parameters
+
+
 def _amp_context(cfg: RunConfig, device: torch.device):
     if cfg.train.amp == "none":
         return nullcontext()
@@ -219,6 +231,8 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
     if cfg.train.compile:
         train_model = torch.compile(train_model)
     ctx_loss = _accepts_context(loss_fn)
+    feature_loss = _uses_features(loss_fn)
+    terms_loss = _returns_terms(loss_fn)
     writer = None
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -304,20 +318,34 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                     # Dropout-like randomness inside the model is seeded per step: resumes are exact.
                     torch.manual_seed(item_seed(cfg.seed, -1, step))
                     with _amp_context(cfg, device):
-                        emb = train_model(images)
+                        if feature_loss:  # the loss synthesises before the head: it needs the pooled features
+                            feats, emb = train_model(images, return_features=True)
+                        else:
+                            feats, emb = None, train_model(images)
                     if unsupervised and ctx.enabled:  # keep (view1 | view2) order in the global batch
                         m = len(emb) // 2
                         emb = torch.cat([gather_with_grad(emb[:m], ctx), gather_with_grad(emb[m:], ctx)])
                         labels = torch.cat([gather_nograd(labels[:m], ctx), gather_nograd(labels[m:], ctx)])
+                        if feats is not None:
+                            feats = torch.cat([gather_with_grad(feats[:m], ctx), gather_with_grad(feats[m:], ctx)])
                     elif ctx.enabled:
                         emb, labels = gather_with_grad(emb, ctx), gather_nograd(labels, ctx)
+                        feats = gather_with_grad(feats, ctx) if feats is not None else None
+                    log_now = (state["step"] + 1) % cfg.train.log_every == 0
+                    extra: Dict[str, Any] = {}
+                    if ctx_loss:
+                        gen = torch.Generator(device=emb.device).manual_seed(item_seed(cfg.seed, -2, step))
+                        extra.update(generator=gen, progress=step / max(1, total_steps))
+                    if feature_loss:
+                        extra.update(features=feats.float(), head=_unwrap(model).head)
+                    if terms_loss and log_now:
+                        extra.update(return_terms=True)
                     # Losses compute in float32 whatever the autocast dtype of the network.
                     with torch.autocast(device_type=device.type, enabled=False):
-                        if ctx_loss:
-                            gen = torch.Generator(device=emb.device).manual_seed(item_seed(cfg.seed, -2, step))
-                            loss = loss_fn(emb.float(), labels, generator=gen, progress=step / max(1, total_steps))
-                        else:
-                            loss = loss_fn(emb.float(), labels)
+                        loss = loss_fn(emb.float(), labels, **extra)
+                    terms = None
+                    if extra.get("return_terms"):
+                        terms, loss = loss, loss.loss
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
@@ -334,7 +362,10 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                     state["batch"] += 1
                     progress.update(task, advance=1, loss=loss.item())
                     if state["step"] % cfg.train.log_every == 0:
-                        log({"split": "train", "epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]})
+                        record = {"split": "train", "epoch": epoch + 1, "step": state["step"], "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+                        if terms is not None:  # a composite: loss = loss_base + loss_aux_weight * loss_aux
+                            record.update(loss_base=terms.base.item(), loss_aux=terms.aux.item(), loss_aux_weight=terms.weight)
+                        log(record)
                     if cfg.train.checkpoint_every_steps and state["step"] % cfg.train.checkpoint_every_steps == 0:
                         checkpoint(last_path)
                     if stop["requested"]:
@@ -376,10 +407,35 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
     return results
 
 
-def _refresh_neighbours(model: nn.Module, cfg: RunConfig, ctx: DistContext, data) -> None:
-    """Neighbour positives (released CUB code): each epoch, each instance's nearest neighbour in the
-    current embedding of the training set (eval transform) becomes its second view with probability p."""
+class _PooledFeatures(nn.Module):
+    """images -> L2-normalised pooled backbone features of an embedding model (its head is not used)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # embed() restores this wrapper's mode, which must be the model's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from deepmetric.functional.similarity import l2_normalize
+
+        return l2_normalize(self.model.features(x).float())
+
+
+def neighbour_table(model: nn.Module, cfg: RunConfig, ctx: DistContext) -> torch.Tensor:
+    """(N,) long: each training instance's nearest other instance (self excluded), searched in the
+    L2-normalised pooled backbone features (``data.neighbour_space: backbone``, the released CUB code's
+    pool5 features, SPEC §1) or in the embedding (``embedding``), of the training split under the eval
+    transform."""
     train_eval = build_dataset(cfg, cfg.data.train_split, train=False)
-    emb, _ = _embed_dataset(_unwrap(model), train_eval, cfg, ctx)
-    _, idx = topk_search(emb, k=1)
-    data.dataset.set_neighbours(torch.as_tensor(idx[:, 0]), cfg.data.neighbour_positives, cfg.seed)
+    net = _unwrap(model)
+    if cfg.data.neighbour_space == "backbone":
+        net = _PooledFeatures(net)
+    emb, _ = _embed_dataset(net, train_eval, cfg, ctx)
+    _, idx = topk_search(emb, k=1)  # the training set is its own gallery: self excluded
+    return torch.as_tensor(idx[:, 0]).long()
+
+
+def _refresh_neighbours(model: nn.Module, cfg: RunConfig, ctx: DistContext, data) -> None:
+    """Neighbour positives (released CUB code): each epoch, each instance's nearest neighbour
+    (:func:`neighbour_table`) becomes its second view with probability p."""
+    data.dataset.set_neighbours(neighbour_table(model, cfg, ctx), cfg.data.neighbour_positives, cfg.seed)
