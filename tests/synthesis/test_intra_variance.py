@@ -71,3 +71,17 @@ def test_permutation_and_determinism():
     c = iv(z, y, proxies=p)
     d = iv(z, y, generator=torch.Generator().manual_seed(0), proxies=p)
     assert torch.equal(c.embeddings, d.embeddings)
+
+
+def test_embedding_space_points_carry_gradient_to_their_sources_unless_detached():
+    z, y, p = data()
+    grads = {}
+    for detach in (False, True):
+        zz = z.clone().requires_grad_(True)
+        out = IntraVarianceSynthesis(band=(0.5, 0.9), space="embedding", detach=detach)(zz, y, generator=torch.Generator().manual_seed(1), proxies=p)
+        w = torch.randn(out.embeddings.shape, generator=torch.Generator().manual_seed(2), dtype=D64)
+        (g,) = torch.autograd.grad((out.embeddings[out.is_synthetic] * w[out.is_synthetic]).sum(), [zz], allow_unused=True)
+        grads[detach] = torch.zeros_like(z) if g is None else g
+    sources = out.owner[out.is_synthetic, 0].unique()
+    assert bool((grads[False][sources].norm(dim=1) > 1e-6).all())  # every source gets a gradient from its points
+    assert float(grads[True].norm()) == 0.0
