@@ -44,7 +44,7 @@ def cases(B: int, d: int, C: int):
 def step(loss_fn, z, y, progress=True):
     z = z.detach().requires_grad_()
     if isinstance(loss_fn, SynthesisLoss):
-        out = loss_fn(z, y, generator=torch.Generator().manual_seed(0), progress=0.5)
+        out = loss_fn(z, y, generator=torch.Generator().manual_seed(0), progress=0.5, epoch=5, epochs=10)
     else:
         out = loss_fn(z, y)
     out.backward()

@@ -107,8 +107,8 @@ SYNTH_CASES = [
     ("multi_similarity", "multi_similarity", None),
     ("multi_similarity + EE", "multi_similarity", "embedding_expansion"),
     ("multi_similarity + SEE (centres)", "multi_similarity", "see"),
-    ("triplet", "triplet", None),
-    ("triplet + EE", "triplet", "embedding_expansion"),
+    ("triplet (HPHN)", "hphn_triplet", None),
+    ("triplet (HPHN) + EE", "hphn_triplet", "embedding_expansion"),
 ]
 
 
@@ -137,10 +137,10 @@ def synthesis_overhead(backbone, *, in_chans, size, classes, per_class, dim, ste
             opt.zero_grad(set_to_none=True)
             if getattr(loss_fn, "uses_features", False):  # intra-variance grades features before the head
                 f, z = model(x, return_features=True)
-                loss = loss_fn(z, y, generator=gen, progress=0.5, features=f, head=model.head)
+                loss = loss_fn(z, y, generator=gen, progress=0.5, epoch=5, epochs=10, features=f, head=model.head)
             else:
                 z = model(x)
-                loss = loss_fn(z, y, generator=gen, progress=0.5) if synth else loss_fn(z, y)
+                loss = loss_fn(z, y, generator=gen, progress=0.5, epoch=5, epochs=10) if synth else loss_fn(z, y)
             loss.backward()
             opt.step()
 

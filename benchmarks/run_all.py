@@ -17,6 +17,7 @@ PARTS = [
     ("Losses and synthesisers: forward + backward", "losses.md", ["bench_losses.py"]),
     ("Training step throughput", "train_step.md", ["bench_train_step.py"]),
     ("Search service load test", "serve.md", ["bench_serve.py"]),
+    ("Retrieval extensions: open-set, re-ranking, deployed-index quality", "retrieval.md", ["bench_retrieval.py"]),
     ("Accuracy on the embedded MNIST split", "accuracy.md", None),
 ]
 

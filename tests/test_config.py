@@ -68,3 +68,29 @@ def test_every_recipe_in_configs_validates():
     assert recipes, "configs/ holds the recipes"
     for p in recipes:
         assert isinstance(load_config(p), RunConfig), p
+
+
+def test_samples_per_class_is_rejected_with_the_random_sampler_and_defaults_for_m_per_class():
+    with pytest.raises(ConfigError, match=r"data.samples_per_class=2 has no effect with data.sampler=random"):
+        build_config({"data": {"sampler": "random", "batch_size": 180, "samples_per_class": 2}})
+    assert build_config({"data": {"sampler": "random"}}).data.samples_per_class is None
+    assert build_config({}).data.samples_per_class == 16
+
+
+def test_val_split_none_means_train_on_all_classes_and_keep_the_last_epoch(tmp_path):
+    for spelling in ("none", "None", None):
+        assert build_config({"data": {"val_split": spelling}}).data.val_split is None
+    cfg = build_config({"data": {"val_split": "none", "sampler": "random", "crop_scale": [0.2, 1.0]}})
+    save_config(cfg, tmp_path / "c.yaml")  # the saved config (null, no samples_per_class) loads back
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_new_recipe_keys_are_validated():
+    with pytest.raises(ConfigError, match=r"crop_scale must be \[min, max\]"):
+        build_config({"data": {"crop_scale": [0.5, 0.2]}})
+    with pytest.raises(ConfigError, match="optim.warmup"):
+        build_config({"optim": {"warmup": "frozen"}})
+    with pytest.raises(ConfigError, match="model.head_norm"):
+        build_config({"model": {"head_norm": "layernorm"}})
+    with pytest.raises(ConfigError, match="train.grad_clip_value"):
+        build_config({"train": {"grad_clip_value": 0}})

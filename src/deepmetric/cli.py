@@ -112,12 +112,49 @@ def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a checkpoint written by deepmetric train"),
     split: str = typer.Option("test", help="split to evaluate"),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set data.root=/data/CUB"),
+    detail: bool = typer.Option(False, "--detail", help="also P@k, mAP@k (tie-neutral), FNMR@FMR and a per-class table"),
+    per_class: Optional[Path] = typer.Option(None, "--per-class", help="with --detail: write the per-class metrics to this JSON file"),
 ) -> None:
     """Evaluate a checkpoint on a split with the config stored inside it."""
     from deepmetric.train.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(checkpoint, split=split, overrides=set_ or [])
     console.print(metrics_table(f"{checkpoint} on '{split}', %", {split: metrics}))
+    if detail:
+        _print_detail(checkpoint, split, set_ or [], per_class)
+
+
+def _print_detail(checkpoint: Path, split: str, overrides: List[str], per_class_out: Optional[Path]) -> None:
+    """P@k / Recall@k / mAP@k (expected over tie orders), FNMR@FMR and the worst classes of one split."""
+    import json
+
+    from deepmetric.retrieval.openset import fnmr_at_fmr, pair_scores
+    from deepmetric.retrieval.topk_metrics import topk_metrics
+    from deepmetric.train.evaluate import embed_checkpoint
+
+    emb, labels = embed_checkpoint(checkpoint, split=split, overrides=overrides)
+    ks = tuple(k for k in (1, 5, 10, 20) if k < len(labels))
+    top = topk_metrics(emb, labels, ks=ks, per_class=True)
+    rates = fnmr_at_fmr(pair_scores(emb, labels))
+    table = Table(title=f"'{split}': top-k metrics (expected over tie orders), %")
+    table.add_column("k", justify="right")
+    for c in ("P@k", "R@k", "mAP@k"):
+        table.add_column(c, justify="right")
+    for k in ks:
+        table.add_row(str(k), *(f"{100 * top[f'{m}@{k}']:.2f}" for m in ("precision", "recall", "map")))
+    console.print(table)
+    console.print("FNMR at FMR (all pairs of the split): " + ", ".join(f"FNMR@{k.split('=')[1]} = {100 * v:.2f}%" for k, v in rates.items()))
+    worst = sorted(top["per_class"].items(), key=lambda kv: kv[1][f"map@{ks[-1]}"])[:10]
+    pc = Table(title=f"per class (the {len(worst)} lowest mAP@{ks[-1]} of {len(top['per_class'])}), %")
+    for c in ("class", "queries", f"P@{ks[0]}", f"mAP@{ks[-1]}"):
+        pc.add_column(c, justify="right")
+    for c, row in worst:
+        pc.add_row(str(c), str(row["queries"]), f"{100 * row[f'precision@{ks[0]}']:.2f}", f"{100 * row[f'map@{ks[-1]}']:.2f}")
+    console.print(pc)
+    if per_class_out is not None:
+        per_class_out.parent.mkdir(parents=True, exist_ok=True)
+        per_class_out.write_text(json.dumps({str(c): v for c, v in top["per_class"].items()}, indent=1))
+        console.print(f"per-class metrics of all classes: {per_class_out}")
 
 
 @app.command("embed")
@@ -194,6 +231,41 @@ def search_cmd(
         for r in rows:
             table.add_row(str(r["rank"]), str(r["id"]), f"{r['score']:.4f}", str(r["class_name"] if r["class_name"] is not None else "-"), r["name"])
         console.print(table)
+        if rows and rows[0].get("match") is not None:
+            n_match = sum(bool(r["match"]) for r in rows)
+            verdict = f"{n_match} match(es)" if n_match else "[bold]no match[/]"
+            console.print(f"{path}: {verdict} at the calibrated threshold (cosine >= {_index_threshold(index):.4f})")
+
+
+def _index_threshold(index_dir: Path) -> float:
+    import json
+
+    from deepmetric.retrieval.index import META_FILE
+
+    return float(json.loads((index_dir / META_FILE).read_text())["threshold"]["value"])
+
+
+@app.command("calibrate")
+@friendly
+def calibrate_cmd(
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+    fmr: Optional[float] = typer.Option(None, "--fmr", help="target false-match rate, e.g. 1e-3 (the default)"),
+    precision: Optional[float] = typer.Option(None, "--precision", help="target precision of the matches instead of --fmr"),
+    split: Optional[str] = typer.Option(None, "--split", help="labelled class-disjoint split (default: the recipe's validation split)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="config override, e.g. data.root=/data/CUB"),
+) -> None:
+    """Choose the similarity threshold of a match on a class-disjoint split and store it with the index."""
+    from deepmetric.serve.calibration import calibrate_index
+
+    res = calibrate_index(index, fmr=fmr, precision=precision, split=split, overrides=set_ or [])
+    th = res["threshold"]
+    target = f"FMR <= {th['target']:g}" if th["criterion"] == "fmr" else f"precision >= {th['target']:g}"
+    console.print(f"threshold {th['value']:.4f} for {target} on split '{th['split']}' ({res['items']} items, "
+                  f"{th['genuine_pairs']:,} genuine / {th['impostor_pairs']:,} impostor pairs"
+                  f"{', impostors sampled' if res['sampled'] else ''}): FMR {th['fmr']:.2e}, FNMR {th['fnmr']:.4f}, "
+                  f"precision {th['precision']:.4f}")
+    console.print("FNMR@FMR: " + ", ".join(f"{k.split('=')[1]}: {v:.4f}" for k, v in res["fnmr_at_fmr"].items()))
+    console.print(f"stored in {index}/index.json; ROC: {res['roc']}. search, the API and the web page now answer 'no match' below it")
 
 
 @app.command("serve")

@@ -29,8 +29,9 @@ class DataConfig(_Strict):
     dataset: str = "mnist"
     root: Optional[str] = None
     train_split: str = "train"
-    #: a split name, None (select the last epoch), or "holdout": the last ``holdout_fraction`` of the
-    #: training classes become a class-disjoint validation split and are removed from training.
+    #: a split name; None (YAML ``null`` or ``none``): train on all training classes and keep the last
+    #: epoch, the papers' protocol; or "holdout": the last ``holdout_fraction`` of the training classes
+    #: become a class-disjoint validation split and are removed from training.
     val_split: Optional[str] = "val"
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_split: str = "test"
@@ -38,10 +39,16 @@ class DataConfig(_Strict):
     image_size: int = Field(28, gt=0)
     resize: Optional[int] = Field(None, gt=0)
     two_view: bool = False
+    #: RandomResizedCrop scale range (min, max) of the training transform (fine_grained*, vit, imagenet);
+    #: None keeps torchvision's (0.08, 1.0). SEE's DeiT recipes use (0.2, 1.0).
+    crop_scale: Optional[Tuple[float, float]] = None
     sampler: Literal["m_per_class", "random"] = "m_per_class"
-    #: per process. Defaults fit the embedded MNIST demo, whose training split has 3 classes (3 × 16).
+    #: per process; with N processes the loss sees N × batch_size (embeddings are gathered), so a
+    #: 2-process recipe of 90 per process is batch_size 180 on one process.
     batch_size: int = Field(48, gt=1)
-    samples_per_class: int = Field(16, gt=0)
+    #: images per class in a batch: m_per_class sampler only (an error with the random sampler, which
+    #: would ignore it). Unset means 16, fitting the embedded MNIST demo's 3 training classes (3 × 16).
+    samples_per_class: Optional[int] = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
     strict_images: bool = False
     neighbour_positives: float = Field(0.0, ge=0.0, le=1.0)
@@ -49,6 +56,24 @@ class DataConfig(_Strict):
     #: (the released CUB code's pool5) or the embedding the head produces.
     neighbour_space: Literal["backbone", "embedding"] = "backbone"
     max_train_items: Optional[int] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _default_samples_per_class(self) -> "DataConfig":
+        if self.sampler == "m_per_class" and self.samples_per_class is None:
+            self.__dict__["samples_per_class"] = 16  # direct: an assignment would re-run this validator
+        return self
+
+    @field_validator("val_split", mode="before")
+    @classmethod
+    def _none_means_no_validation(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() in ("none", "null") else v
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_scale_range(cls, v: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
+        if v is not None and not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(v)}")
+        return v
 
 
 class ModelConfig(_Strict):
@@ -58,7 +83,14 @@ class ModelConfig(_Strict):
     pretrained: Optional[str] = None
     embedding_dim: int = Field(64, gt=0)
     pooling: Literal["avg", "max", "avgmax"] = "avg"
-    head_norm: Literal["none", "bn", "ln"] = "none"
+    #: "bn"/"ln": BatchNorm1d/LayerNorm after the Linear layer; "pre_ln": LayerNorm without affine
+    #: parameters on the backbone features before the Linear layer (SEE's ``--use_lastnorm``).
+    head_norm: Literal["none", "bn", "ln", "pre_ln"] = "none"
+    #: initialisation of the head's Linear layer: Proxy-Anchor's Kaiming (fan_out) or SEE's orthogonal.
+    head_init: Literal["kaiming_fan_out", "orthogonal"] = "kaiming_fan_out"
+    #: backbone parameter-name prefixes that never train, e.g. ["body.patch_embed"] (SEE freezes DeiT's
+    #: patch embedding); a prefix that matches nothing is an error when the model is built.
+    frozen: List[str] = Field(default_factory=list)
     normalize: bool = True
     freeze_bn: bool = False
     channels_last: bool = False
@@ -70,6 +102,7 @@ class LossConfig(_Strict):
 
     name: str = "proxy_anchor"
     params: Dict[str, Any] = Field(default_factory=dict)
+    #: lr multiplier of the loss's trainable parameters (proxies): Proxy-Anchor 100, SEE 1e4.
     proxy_lr_mult: float = Field(100.0, gt=0.0)
 
 
@@ -88,11 +121,25 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    #: Adam/AdamW epsilon (SEE uses 1e-4 when training in fp16).
+    eps: float = Field(1e-8, gt=0.0)
     backbone_lr_mult: float = Field(1.0, ge=0.0)
+    #: lr multiplier of the embedding head (SEE's ``--fc_lr_scale``).
+    head_lr_mult: float = Field(1.0, gt=0.0)
     scheduler: Literal["none", "cosine", "step"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
+    #: what happens during the first ``warmup_epochs`` epochs. "linear": every group's lr ramps up from
+    #: lr/steps to lr. "frozen_backbone": only the head and the loss's proxies train; the backbone takes no
+    #: optimiser step at all (Proxy-Anchor ``--warm``: requires_grad=False, so no moments, no decay).
+    #: "zero_backbone_lr": the backbone group's lr is 0 (SEE: its AdamW moments still see the gradients).
+    #: The lr schedule counts the warm-up epochs in both frozen modes, as the sources do.
+    warmup: Literal["linear", "frozen_backbone", "zero_backbone_lr"] = "linear"
     milestones: List[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0.0)
+    #: step scheduler: the lr factor from each milestone on (one per milestone), instead of gamma^i; e.g.
+    #: Ye et al.'s demo_seen.py l.160-168: milestones [120, 160, 200], factors [0.1, 0.05, 0.01].
+    milestone_factors: Optional[List[float]] = None
+
 
 
 class TrainConfig(_Strict):
@@ -101,7 +148,10 @@ class TrainConfig(_Strict):
     epochs: int = Field(10, gt=0)
     max_steps_per_epoch: Optional[int] = Field(None, gt=0)
     amp: Literal["none", "bf16", "fp16"] = "none"
+    #: clip the global gradient norm of all trained parameters to this value
     grad_clip: Optional[float] = Field(None, gt=0.0)
+    #: clamp every gradient element to [-v, v] (Proxy-Anchor and SEE clip by value at 10)
+    grad_clip_value: Optional[float] = Field(None, gt=0.0)
     val_every: int = Field(1, gt=0)
     #: validation metric that picks best.pt. MAP@R by default: R@1 on a small validation split saturates
     #: (the 2-class MNIST validation split sits at 98-99% R@1 from the first epoch) and then picks among
@@ -159,6 +209,27 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"data.batch_size={d.batch_size} must be a multiple of data.samples_per_class="
                 f"{d.samples_per_class} for the m_per_class sampler"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _factors_match_milestones(self) -> "RunConfig":
+        o = self.optim
+        f = o.milestone_factors
+        if f is not None and (len(f) != len(o.milestones) or any(x <= 0 for x in f)):
+            raise ValueError(f"optim.milestone_factors={f} needs one positive factor per milestone (optim.milestones={o.milestones})")
+        if o.milestones != sorted(set(o.milestones)):
+            raise ValueError(f"optim.milestones={o.milestones} must be strictly increasing epochs")
+        return self
+
+    @model_validator(mode="after")
+    def _samples_per_class_needs_its_sampler(self) -> "RunConfig":
+        d = self.data
+        if d.sampler == "random" and d.samples_per_class is not None:
+            raise ValueError(
+                f"data.samples_per_class={d.samples_per_class} has no effect with data.sampler=random (it draws "
+                "images uniformly); set data.sampler=m_per_class to get that many images per class, or remove "
+                "data.samples_per_class"
             )
         return self
 

@@ -64,3 +64,25 @@ def test_unknown_recipe_and_bad_sizes():
         build_transform("resnet", train=True, image_size=10)
     with pytest.raises(ValueError, match=r"resize=20 is smaller than the crop image_size=24"):
         build_transform("fine_grained", train=False, image_size=24, resize=20)
+
+
+@pytest.mark.parametrize("recipe", ["fine_grained", "vit", "imagenet"])
+def test_crop_scale_reaches_the_random_resized_crop(recipe):
+    import torchvision.transforms as T
+
+    def rrc(t):
+        return next(op for op in t.transforms if isinstance(op, T.RandomResizedCrop))
+
+    assert rrc(build_transform(recipe, train=True, image_size=32, resize=40)).scale == (0.08, 1.0)
+    assert rrc(build_transform(recipe, train=True, image_size=32, resize=40, crop_scale=(0.2, 1.0))).scale == (0.2, 1.0)
+    with pytest.raises(ValueError, match=r"crop_scale=\(0.5, 0.1\)"):
+        build_transform(recipe, train=True, image_size=32, crop_scale=(0.5, 0.1))
+
+
+def test_caffe_bgr_input_of_bn_inception():
+    """BGR order, 0-255 range, minus (104, 117, 128): a pure colour maps to exact values."""
+    arr = np.zeros((20, 20, 3), np.uint8)
+    arr[..., 0], arr[..., 1], arr[..., 2] = 200, 100, 50  # R, G, B
+    x = build_transform("fine_grained_caffe", train=False, image_size=16, resize=20)(Image.fromarray(arr))
+    assert x.shape == (3, 16, 16)
+    torch.testing.assert_close(x[:, 5, 5], torch.tensor([50 - 104.0, 100 - 117.0, 200 - 128.0]), atol=1e-3, rtol=0)

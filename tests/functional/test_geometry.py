@@ -1,16 +1,12 @@
 """Synthesis geometry (SPEC.md §2–4): Max-Mahalanobis centres, SEE simplex, EE chords, reflections, EE mining."""
-import itertools
-import math
 
 import pytest
 import torch
 
 from deepmetric.functional.geometry import (
     chord_points,
-    ee_hard_mining,
-    half_cosine_ramp,
+    disjoint_class_pairs,
     max_mahalanobis_centers,
-    max_pairwise_cosine,
     reflect,
     same_class_pairs,
     simplex_vertices_around,
@@ -38,24 +34,11 @@ def test_centers_validate_arguments():
         max_mahalanobis_centers(0, 3)
 
 
-def test_more_centres_than_dim_plus_one_beat_random_and_are_deterministic():
-    g = torch.Generator().manual_seed(3)
-    mu = max_mahalanobis_centers(10, 3, generator=g, dtype=D64, steps=600)
-    assert torch.allclose(mu.norm(dim=1), torch.ones(10, dtype=D64))
-    achieved = float(max_pairwise_cosine(mu))
-    rand = [float(max_pairwise_cosine(torch.randn(10, 3, generator=torch.Generator().manual_seed(s), dtype=D64))) for s in range(20)]
-    assert achieved < min(rand)
-    # The Tammes optimum for 10 points on S^2 is cos(66.15°) = 0.4040: nothing can beat it.
-    assert 0.4040 - 1e-3 < achieved < 0.45
-    again = max_mahalanobis_centers(10, 3, generator=torch.Generator().manual_seed(3), dtype=D64, steps=600)
-    torch.testing.assert_close(mu, again, rtol=0, atol=0)
-
-
-def test_half_cosine_ramp_values():
-    assert half_cosine_ramp(0.0, 0.0, 0.4) == 0.0
-    assert half_cosine_ramp(0.5, 0.0, 0.4) == pytest.approx(0.2)
-    assert half_cosine_ramp(1.0, 0.0, 0.4) == pytest.approx(0.4)
-    assert half_cosine_ramp(0.25, 0.0, 0.4) == pytest.approx(0.4 * (1 - math.cos(math.pi / 4)) / 2)
+def test_more_centres_than_a_simplex_holds_is_an_error_naming_the_values():
+    # 5 points fit R^4 (a simplex), 6 do not: no regular simplex, and nothing in deepmetric needs one.
+    assert max_mahalanobis_centers(5, 4).shape == (5, 4)
+    with pytest.raises(ValueError, match=r"num=6 points needs dim >= num - 1 = 5, got dim=4"):
+        max_mahalanobis_centers(6, 4)
 
 
 def test_simplex_vertices_around_u_are_a_regular_simplex_orthogonal_to_w():
@@ -124,25 +107,15 @@ def test_same_class_pairs_come_from_labels():
     assert sorted(zip(i.tolist(), j.tolist())) == [(0, 2), (0, 3), (1, 4), (2, 3)]
 
 
-def test_ee_hard_mining_matches_a_loop():
-    g = torch.Generator().manual_seed(0)
-    nr = 8
-    labels_r = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
-    i, j = same_class_pairs(labels_r)
-    owner = torch.cat([torch.full((nr, 2), -1), torch.stack([i, j], 1).repeat_interleave(2, 0)])
-    labels = torch.cat([labels_r, labels_r[i].repeat_interleave(2)])
-    syn = torch.arange(len(labels)) >= nr
-    x = unit(torch.randn(len(labels), 4, generator=g, dtype=D64))
-    sim = x @ x.t()
-    a, p, xs, n = ee_hard_mining(sim, labels, syn, owner)
-    want = []
-    for an in range(nr):
-        pos = [q for q in range(nr) if q != an and labels[q] == labels[an]]
-        if not pos:
-            continue
-        ps = min(pos, key=lambda q: (sim[an, q].item(), q))
-        members = [an] + [r for r in range(nr, len(labels)) if an in owner[r].tolist()]
-        best = max(((sim[m_, q].item(), m_, q) for m_ in members for q in range(len(labels)) if labels[q] != labels[m_]))
-        want.append((an, ps, best[1], best[2]))
-    assert list(zip(a.tolist(), p.tolist(), xs.tolist(), n.tolist())) == want
-    assert 7 not in a.tolist()  # class 3 has no real positive
+def test_disjoint_class_pairs_pair_each_class_off_in_batch_order():
+    # class 3 at rows 0, 2, 3, 6 -> (0, 2), (3, 6); class 1 at rows 1, 4, 7 -> (1, 4), row 7 left over; 7 alone.
+    i, j = disjoint_class_pairs(torch.tensor([3, 1, 3, 3, 1, 7, 3, 1]))
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 2), (1, 4), (3, 6)]
+    # Depends on labels, not on the layout: the released rows (2t, 2t+1) are recovered from a P x K batch.
+    y = torch.arange(4).repeat_interleave(6)
+    i, j = disjoint_class_pairs(y)
+    assert i.tolist() == list(range(0, 24, 2)) and j.tolist() == list(range(1, 24, 2))
+    # Interleaved classes: class 1 at rows 0, 2, 3 -> (0, 2); class 0 at rows 1, 4, 5 -> (1, 4).
+    i, j = disjoint_class_pairs(torch.tensor([1, 0, 1, 1, 0, 0]))
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 2), (1, 4)]
+    assert len(disjoint_class_pairs(torch.tensor([], dtype=torch.long))[0]) == 0

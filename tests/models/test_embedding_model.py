@@ -44,6 +44,47 @@ def test_layernorm_head_then_l2():
     assert isinstance(_small(head_norm="bn").head.norm, nn.BatchNorm1d)
 
 
+def test_pre_layernorm_head_is_sees_lastnorm_head():
+    """SEE --use_lastnorm: LayerNorm without affine on the features, then Linear, then L2 (not "ln")."""
+    m = _small(head_norm="pre_ln", normalize=True).eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        f = m.features(x).double()
+        z = m(x).double()
+    n = (f - f.mean(1, keepdim=True)) / torch.sqrt(f.var(1, unbiased=False, keepdim=True) + 1e-5)
+    y = n @ m.head.fc.weight.double().T + m.head.fc.bias.double()
+    torch.testing.assert_close(z, y / y.norm(dim=1, keepdim=True), rtol=1e-5, atol=1e-6)
+    # the features' scale and offset do not matter to a pre-LayerNorm head (they do to a Linear head)
+    with torch.no_grad():
+        a, b = m.head(f.float()), m.head(3.0 * f.float() + 2.0)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # no parameters or buffers in the LayerNorm: the state dict is the plain head's
+    assert list(m.head.state_dict()) == ["fc.weight", "fc.bias"]
+
+
+def test_orthogonal_head_init():
+    m = _small(embedding_dim=8, head_init="orthogonal")
+    W = m.head.fc.weight.detach().double()  # (8, 128): orthonormal rows
+    torch.testing.assert_close(W @ W.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-5)
+    assert torch.count_nonzero(m.head.fc.bias) == 0
+    k = _small(embedding_dim=8).head.fc.weight.detach().double()
+    assert not torch.allclose(k @ k.T, torch.eye(8, dtype=torch.float64), atol=1e-2)
+    with pytest.raises(ValueError, match="'xavier'"):
+        _small(head_init="xavier")
+
+
+def test_frozen_prefixes_leave_the_optimiser_groups():
+    free = _small()
+    m = _small(frozen=["body.stage1"])
+    names = [n for n, p in m.backbone.named_parameters() if not p.requires_grad]
+    assert names and all(n.startswith("body.stage1.") for n in names)
+    total = sum(p.numel() for p in free.parameters())
+    grouped = sum(p.numel() for g in m.param_groups(1e-3) for p in g["params"])
+    assert grouped == total - sum(p.numel() for n, p in m.backbone.named_parameters() if n.startswith("body.stage1."))
+    with pytest.raises(ValueError, match="'body.patch_embed' matches no parameter of backbone 'small_cnn'"):
+        _small(frozen=["body.patch_embed"])
+
+
 def _bn_state(m):
     return {k: v.clone() for k, v in m.backbone.state_dict().items() if "running" in k or "num_batches" in k}
 

@@ -73,9 +73,9 @@ def test_save_load_round_trip(tmp_path, kind):
     assert loaded.kind == kind and len(loaded) == 800 and loaded.dim == 16
     assert loaded.labels == labels.tolist() and loaded.paths[5] == "/g/5.png" and loaded.class_names[7] == "c7"
     if kind == "hnsw":
-        assert loaded.index.hnsw.efSearch == 40
+        assert loaded.inner.hnsw.efSearch == 40
     if kind == "ivfpq":
-        assert loaded.index.nprobe == loaded.metadata["params"]["nprobe"] >= 1
+        assert loaded.inner.nprobe == loaded.metadata["params"]["nprobe"] >= 1
 
 
 def test_load_errors_say_what_to_do(tmp_path):

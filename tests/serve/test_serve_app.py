@@ -42,7 +42,7 @@ def gallery_png(digits_index, i: int) -> bytes:
 def test_health_and_info(client):
     n = len(Digits(None, "test"))
     h = client.get("/health").json()
-    assert h == {"status": "ok", "items": n, "dim": 16, "kind": "flat"}
+    assert h == {"status": "ok", "items": n, "dim": 16, "kind": "flat", "threshold": None}  # not calibrated
     info = client.get("/info").json()
     assert info["class_names"] == ["5", "6", "7", "8", "9"] and info["max_k"] == 20
     # Examples: the first item of each class in turn, so the first five cover the five classes.

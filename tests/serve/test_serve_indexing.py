@@ -148,3 +148,64 @@ def test_cli_export_torchscript_reproduces_the_model(tiny_run, tmp_path):
     torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=0)
     r = runner.invoke(app, ["export", "--checkpoint", str(tiny_run / "best.pt"), "--format", "tflite", "--out", str(out)])
     assert r.exit_code == 2 and "tflite" in r.output
+
+
+def _csv_gallery(root, bad):
+    """A CSV dataset of digit images (test split: 2 classes × 5 files) plus the ``bad`` files listed in it."""
+    ds = Digits(None, "test")
+    rows = []
+    for label in (0, 1):
+        for j in np.flatnonzero(ds.labels == label)[:5]:
+            Image.fromarray(ds.images[j]).save(root / f"{j}.png")
+            rows.append(f"{label},{j}.png,test")
+    for name, label in bad:
+        rows.append(f"{label},{name},test")
+    (root / "df.csv").write_text("label,path,split\n" + "\n".join(rows) + "\n")
+    return root / "df.csv"
+
+
+@pytest.mark.parametrize("how", ["split", "folder"])
+def test_unreadable_gallery_files_are_left_out_with_one_warning(tiny_run, tmp_path, how):
+    gallery = tmp_path / "g"
+    gallery.mkdir()
+    csv = _csv_gallery(gallery, [("notimage.png", 0), ("truncated.png", 1)])
+    (gallery / "notimage.png").write_bytes(b"this is text")
+    good = (gallery / next(gallery.glob("*.png")).name).read_bytes()
+    (gallery / "truncated.png").write_bytes(good[: len(good) // 2])  # a valid header, then nothing
+    kwargs = (dict(split="test", overrides=[f"data.dataset=csv", f"data.root={csv}"]) if how == "split"
+              else dict(image_dir=gallery))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = build_index_from_checkpoint(tiny_run / "best.pt", out=tmp_path / "idx", device="cpu", **kwargs)
+    ours = [w for w in caught if "unreadable" in str(w.message)]
+    assert len(ours) == 1
+    assert "2 unreadable image file(s)" in str(ours[0].message)
+    assert "notimage.png" in str(ours[0].message) and "truncated.png" in str(ours[0].message)
+    meta = index.metadata
+    assert len(index) == 10 and len(meta["paths"]) == 10 and len(meta["labels"]) == 10
+    assert not any(p.endswith(("notimage.png", "truncated.png")) for p in meta["paths"])
+    # every indexed item is its own image: searching with its file finds it first at cosine ~1
+    searcher = IndexSearcher(tmp_path / "idx", device="cpu")
+    for i in (0, 9):
+        top = searcher.search([Image.open(meta["paths"][i])], 1)[0][0]
+        assert top["id"] == i and top["name"] == Path(meta["paths"][i]).name
+
+
+def test_a_gallery_file_damaged_after_indexing_is_a_json_404_not_a_500(tiny_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from deepmetric.serve.app import create_app
+
+    gallery = tmp_path / "g"
+    gallery.mkdir()
+    _csv_gallery(gallery, [])
+    build_index_from_checkpoint(tiny_run / "best.pt", image_dir=gallery, out=tmp_path / "idx", device="cpu")
+    meta = SearchIndex.load(tmp_path / "idx").metadata
+    Path(meta["paths"][2]).write_bytes(b"damaged")
+    Path(meta["paths"][3]).unlink()
+    client = TestClient(create_app(tmp_path / "idx", device="cpu"), raise_server_exceptions=False)
+    for i in (2, 3):
+        r = client.get(f"/items/{i}")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/json")
+        assert Path(meta["paths"][i]).name in r.json()["error"]
+    assert client.get("/items/4").status_code == 200

@@ -32,7 +32,7 @@ def as_multiset(x, y):
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_ee_points_on_the_chord_with_the_parents_label(n):
     z, y = data()
-    out = EmbeddingExpansion(n=n)(z, y)
+    out = EmbeddingExpansion(n=n, pairs="all")(z, y)
     assert SYNTHESISERS.get("embedding_expansion") is EmbeddingExpansion
     zz, yy, flags = out
     assert int(flags.sum()) == n * n_pairs(y) == n * 5
@@ -71,7 +71,25 @@ def test_symmetrical_reflections_preserve_norm_and_angle():
     assert torch.equal(out.labels[out.is_synthetic], y[own[:, 0]])
 
 
-@pytest.mark.parametrize("synth", [EmbeddingExpansion(n=2), SymmetricalSynthesis()])
+def test_ee_default_pairs_each_class_off_into_disjoint_pairs_in_batch_order():
+    # y = [2, 0, 2, 1, 0, 2, 5, 1]: class 2 at rows 0, 2, 5 -> (0, 2), 5 left over; class 0 -> (1, 4);
+    # class 1 -> (3, 7); class 5 alone. The released code's layout (rows 2t, 2t+1 of one class) from labels.
+    z, y = data()
+    out = EmbeddingExpansion(n=2)(z, y)
+    own = out.owner[out.is_synthetic]
+    assert own.tolist() == [[0, 2], [0, 2], [1, 4], [1, 4], [3, 7], [3, 7]]
+    u = unit(z)
+    want = torch.cat([unit((k * u[j] + (3 - k) * u[i]) / 3)[None] for i, j in [(0, 2), (1, 4), (3, 7)] for k in (1, 2)])
+    torch.testing.assert_close(out.embeddings[out.is_synthetic], want)
+    # The layout: 32 per class in a batch of 128 gives 16 pairs per class, 2 x 64 synthetic rows (n = 2).
+    yb = torch.arange(4).repeat_interleave(32)
+    out = EmbeddingExpansion()(torch.randn(128, 8, generator=torch.Generator().manual_seed(0)), yb)
+    assert int(out.is_synthetic.sum()) == 128 and EmbeddingExpansion(pairs="all")(out.embeddings[:128], yb).is_synthetic.sum() == 2 * 4 * 496
+    with pytest.raises(ValueError, match="pairs must be one of"):
+        EmbeddingExpansion(pairs="adjacent")
+
+
+@pytest.mark.parametrize("synth", [EmbeddingExpansion(n=2, pairs="all"), SymmetricalSynthesis()])
 def test_pairing_by_labels_permutation_gives_the_same_synthetic_multiset(synth):
     z, y = data()
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))

@@ -162,3 +162,17 @@ def test_bf16_autocast_and_channels_last_on_cpu_keep_the_loss_in_float32(tmp_pat
     assert 0.0 < res["test"]["recall@1"] <= 1.0
     assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path / "run" / "last.pt")["model"].values()
                if torch.is_tensor(p) and p.is_floating_point())
+
+
+def test_frozen_warmup_trains_only_the_head_in_the_loop(tmp_path):
+    """Proxy-Anchor --warm through train(): after a 1-epoch frozen warm-up the backbone is its init."""
+    from deepmetric.train.loop import build_embedding_model
+
+    cfg = tiny("train.epochs=1", "optim.warmup_epochs=1", "optim.warmup=frozen_backbone", "train.grad_clip_value=10")
+    train(cfg, tmp_path / "run")
+    trained = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    torch.manual_seed(cfg.seed)  # the loop seeds model initialisation the same way
+    init = build_embedding_model(cfg, in_chans=1).state_dict()
+    params = [k for k in init if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(init[k], trained[k]) for k in params if k.startswith("backbone."))
+    assert not torch.equal(init["head.fc.weight"], trained["head.fc.weight"])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Set
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 #: File name endings treated as images by the folder/CSV adapters (compared lower-case).
@@ -78,17 +78,30 @@ def remap_labels(raw: Sequence[Any], order: Optional[Sequence[Any]] = None) -> t
     return np.array([index[c] for c in raw], dtype=np.int64), classes
 
 
-def to_mode(image: Image.Image, mode: str) -> Image.Image:
-    """``image`` converted to ``mode`` ("RGB" or "L").
+#: integer modes holding more than 8 bits per pixel: 16-bit grayscale ("I;16*": PNG, TIFF) and 32-bit "I"
+#: (16-bit PNGs open as "I" in older Pillow; TIFF integer images), read as 16-bit samples 0..65535
+_WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-    Images with transparency (RGBA, LA, palette with a transparent colour) are composited onto white
-    before the conversion: a plain ``convert`` would expose whatever colour the transparent pixels hold
-    (often black), which is not what the image shows. CMYK, grayscale and palette images go through PIL's
-    standard conversion.
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` converted to ``mode`` ("RGB" or "L") with its full tonal range.
+
+    * 16-bit grayscale ("I;16", "I;16B", ...) and "I": samples 0..65535 scale to 0..255 as round(v / 257)
+      (values outside 0..65535 are clipped); PIL's own ``convert`` clips at 255, which binarises a
+      16-bit image.
+    * Images with transparency (RGBA, LA, PA, palette with a transparent colour) are composited onto
+      white first: a plain ``convert`` would expose whatever colour the transparent pixels hold (often
+      black), which is not what the image shows.
+    * CMYK, grayscale and palette images go through PIL's standard conversion (CMYK: R = (255 − C)(255 − K)/255).
     """
     if image.mode == mode:
         return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if image.mode in _WIDE_INTEGER_MODES:
+        wide = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        # (2v + 257) // 514 = round(v / 257) with halves up, in integers
+        image = Image.fromarray(((2 * wide + 257) // 514).astype(np.uint8), mode="L")
+        return image if mode == "L" else image.convert(mode)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -96,11 +109,19 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def load_image(path: Path, mode: str) -> Image.Image:
-    """Decode ``path`` fully (so truncation is detected now, not inside a transform) and convert it."""
-    with Image.open(path) as im:
-        im.load()
-        return to_mode(im, mode)
+def oriented(image: Image.Image) -> Image.Image:
+    """An opened image decoded in full (truncation is detected now, not inside a transform), its first
+    frame, turned upright by its EXIF orientation tag (cameras store rotated pixels plus that tag)."""
+    image.seek(0)
+    image.load()
+    return ImageOps.exif_transpose(image)
+
+
+def load_image(source: Any, mode: str) -> Image.Image:
+    """THE image loader of every dataset, index and search path: open ``source`` (a path or a binary
+    file object), decode it fully, apply its EXIF orientation and convert it with :func:`to_mode`."""
+    with Image.open(source) as im:
+        return to_mode(oriented(im), mode)
 
 
 class _CountsMixin:

@@ -2,7 +2,6 @@
 from deepmetric.functional.geometry import (
     chord_points,
     class_centres,
-    half_cosine_ramp,
     max_mahalanobis_centers,
     max_pairwise_cosine,
     reflect,
@@ -17,7 +16,6 @@ __all__ = [
     "chord_points",
     "class_centres",
     "cosine_similarity_matrix",
-    "half_cosine_ramp",
     "instance_softmax_loss",
     "intra_ranking_loss",
     "l2_normalize",

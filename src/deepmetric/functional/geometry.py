@@ -5,18 +5,17 @@
 * Spherical Embedding Expansion (SEE): Le & Woo, PAKDD 2024 (SPEC §4): a regular simplex around the
   proxy axis with the sample's residual direction as one vertex.
 * Embedding Expansion (EE): Ko & Gu, CVPR 2020 (SPEC §2): points on the chord between same-class
-  pairs, and the hard-negative-pair mining over real and synthetic points.
+  pairs (all of them, or each class's samples paired off in batch order).
 * Symmetrical synthesis: Gu & Ko, AAAI 2020 (SPEC §3): reflection of a positive about the anchor axis.
 * Intra-variance synthesis: Liu et al., EAAI 2024 (SPEC §5): points at increasing intensity.
 
-Every function is stateless; randomness comes in as tensors drawn by the caller with its generator
-(the only exception, ``max_mahalanobis_centers`` for num > dim + 1, takes the generator itself).
+Every function is stateless; randomness comes in as tensors drawn by the caller with its generator.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 
@@ -25,17 +24,16 @@ from deepmetric.functional.similarity import l2_normalize
 __all__ = [
     "max_mahalanobis_centers",
     "max_pairwise_cosine",
-    "half_cosine_ramp",
     "complement_frame",
     "simplex_vertices_around",
     "spherical_expansion_points",
     "same_class_pairs",
+    "disjoint_class_pairs",
     "class_centres",
     "chord_points",
     "reflect",
     "intensity_points",
     "feature_intensity_points",
-    "ee_hard_mining",
 ]
 
 #: A residual ‖r‖ = ‖z − (z·w)w‖ below this (for unit z) means z ∥ w: no direction to expand around.
@@ -73,79 +71,33 @@ def _simplex_recursion(num: int, dim: int) -> torch.Tensor:
     return mu
 
 
-def max_mahalanobis_centers(
-    num: int,
-    dim: int,
-    *,
-    generator: Optional[torch.Generator] = None,
-    dtype: torch.dtype = torch.float32,
-    steps: int = 2000,
-) -> torch.Tensor:
-    """``num`` unit vectors in R^dim that are as spread out as possible (largest pairwise cosine minimal).
+def max_mahalanobis_centers(num: int, dim: int, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``num`` <= dim + 1 unit vectors in R^dim with every pairwise inner product −1/(num−1).
 
-    For num <= dim + 1 this is the regular simplex of Pang et al. 2018 (Algorithm 1; SPEC §4), every
-    pairwise inner product exactly −1/(num−1)::
+    The regular simplex of Pang et al. 2018 (Algorithm 1; SPEC §4), deterministic and closed-form::
 
         μ_1 = e_1;  for i >= 2, j < i:  μ_i[j] = −(1/(L−1) + μ_i·μ_j)/μ_j[j];  μ_i[i] = sqrt(1 − ‖μ_i‖²)
 
-    (L = num). It is deterministic; ``generator`` is unused.
-
-    For num > dim + 1 no closed form exists: the largest pairwise cosine is minimised numerically by
-    projected gradient descent (Adam steps, then re-normalisation onto the sphere) on a smooth maximum,
-    ``logsumexp(t·cos_ij)/t`` over pairs i < j, with the sharpness t rising geometrically from 10 to 1000,
-    started from Gaussian points drawn from ``generator`` (a local generator seeded 0 if None); the best
-    iterate (smallest true maximum) is returned. Achieved values (measured, default ``steps``, seed 0):
-    10 points in R^3 → 0.4047 (the Tammes optimum is cos 66.15° = 0.4040), 20 in R^4 → 0.434, 100 in
-    R^8 → 0.449, where Gaussian random points give 0.92–0.97. About 1–2 s on a CPU; the result is a
-    local optimum, not certified.
+    (L = num). For num > dim + 1 no regular simplex exists; nothing in deepmetric needs that case (SEE asks
+    for n + 1 vertices in R^n), so it is an error rather than a slow numerical search.
 
     Args:
-        num: number of centres L >= 1.
+        num: number of centres L, 1 <= L <= dim + 1.
         dim: dimension d >= 1.
-        generator: random start for num > dim + 1.
         dtype: dtype of the result (computed in float64).
-        steps: optimisation steps for num > dim + 1.
 
     Returns:
         (num, dim) unit rows.
     """
-    for name, v in (("num", num), ("dim", dim), ("steps", steps)):
+    for name, v in (("num", num), ("dim", dim)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if num <= dim + 1:
-        return _simplex_recursion(num, dim).to(dtype, copy=True)  # a copy: the cached tensor stays intact
-    if generator is None:  # a local, fixed seed: never the global RNG
-        generator = torch.Generator().manual_seed(0)
-    x = torch.randn(num, dim, generator=generator, device=generator.device, dtype=torch.float64).cpu()
-    x = l2_normalize(x)
-    iu = torch.triu_indices(num, num, offset=1)
-    best, best_val = x.clone(), float(max_pairwise_cosine(x))
-    m, v = torch.zeros_like(x), torch.zeros_like(x)
-    lr, b1, b2 = 0.01, 0.9, 0.999
-    with torch.enable_grad():
-        for step in range(1, steps + 1):
-            t = 10.0 * 100.0 ** ((step - 1) / max(1, steps - 1))
-            xr = x.clone().requires_grad_(True)
-            c = (l2_normalize(xr) @ l2_normalize(xr).t())[iu[0], iu[1]]
-            smooth_max = torch.logsumexp(t * c, dim=0) / t
-            (g,) = torch.autograd.grad(smooth_max, xr)
-            m = b1 * m + (1 - b1) * g
-            v = b2 * v + (1 - b2) * g * g
-            step_lr = lr * (1.0 - 0.9 * step / steps)  # anneal so the last iterates settle
-            x = l2_normalize(x - step_lr * (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + 1e-12))
-            val = float(max_pairwise_cosine(x))
-            if val < best_val:
-                best, best_val = x.clone(), val
-    return best.to(dtype)
-
-
-def half_cosine_ramp(progress: float, start: float, end: float) -> float:
-    """``start + (end − start)·(1 − cos(π·progress))/2``: start at progress 0, midpoint at 0.5, end at 1.
-
-    ``progress`` is clipped to [0, 1] (the fraction of training done).
-    """
-    p = min(1.0, max(0.0, float(progress)))
-    return start + (end - start) * 0.5 * (1.0 - math.cos(math.pi * p))
+    if num > dim + 1:
+        raise ValueError(
+            f"max_mahalanobis_centers: a regular simplex of num={num} points needs dim >= num - 1 = {num - 1}, got "
+            f"dim={dim}; use at most {dim + 1} centres or a larger dimension"
+        )
+    return _simplex_recursion(num, dim).to(dtype, copy=True)  # a copy: the cached tensor stays intact
 
 
 # ------------------------------------------------------------------------------------------------- SEE
@@ -234,6 +186,27 @@ def same_class_pairs(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
+def disjoint_class_pairs(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each class's samples paired off into disjoint pairs, in batch order within the class: (P,), (P,).
+
+    The rows of a class, in increasing row order r_1 < r_2 < …, give the pairs (r_1, r_2), (r_3, r_4), …;
+    with an odd count the last one stays unpaired. This is the released EE code's pairing (rows 2t, 2t+1,
+    which its sampler fills with one class) computed from the labels, so it does not depend on the row
+    layout. Pairs are returned in increasing order of their first row.
+    """
+    order = torch.argsort(labels, stable=True)  # rows grouped by class, batch order inside a class
+    grouped = labels[order]
+    pos = torch.arange(len(labels), device=labels.device)
+    starts = torch.ones_like(grouped, dtype=torch.bool)
+    starts[1:] = grouped[1:] != grouped[:-1]
+    first = torch.cummax(torch.where(starts, pos, torch.zeros_like(pos)), dim=0).values  # start of each row's group
+    rank = pos - first
+    head = (rank % 2 == 0) & torch.cat([grouped[1:] == grouped[:-1], torch.zeros(1, dtype=torch.bool, device=labels.device)])
+    i, j = order[head], order[torch.nonzero(head, as_tuple=True)[0] + 1]
+    keep = torch.argsort(i)
+    return i[keep], j[keep]
+
+
 def class_centres(z: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised mean of each class present in the batch (the stand-in for a proxy, SPEC §4 [choice]).
 
@@ -320,53 +293,3 @@ def feature_intensity_points(features: torch.Tensor, noise: torch.Tensor, spread
     j = torch.arange(1, noise.shape[1] + 1, dtype=features.dtype, device=features.device)[None, :, None]
     step = l2_normalize(noise * spread) * spread.norm()
     return features[:, None, :] + j * alpha * step
-
-
-# ---------------------------------------------------------------------------------------- EE mining
-
-
-def ee_hard_mining(
-    similarity: torch.Tensor,
-    labels: torch.Tensor,
-    is_synthetic: torch.Tensor,
-    owner: torch.Tensor,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hard positive and hard negative pair per real anchor (Ko & Gu, CVPR 2020, §3.2; SPEC §2).
-
-    For every real anchor a (a row with ``is_synthetic`` False that has at least one real positive):
-
-    * hardest positive p*: the real row of a's class (≠ a) least similar to a (real points only);
-    * hardest negative pair (x*, n*): over x ∈ {a} ∪ S(a) — a and the synthetic points made from a
-      pair containing a — and n any row (real or synthetic) of another class than x, the most similar
-      pair. Ties go to the first in row order.
-
-    Args:
-        similarity: (N, N) similarities (larger = closer) of all rows, real first; only its order is used.
-        labels: (N,) labels.
-        is_synthetic: (N,) bool.
-        owner: (N, 2) long: for a synthetic row the two real rows of its parent pair; real rows ignored.
-
-    Returns:
-        ``(anchor, positive, neg_first, neg_second)``, each (A,) long row indices; anchors without a
-        real positive or without any negative are dropped.
-    """
-    n_rows = len(labels)
-    real = ~is_synthetic
-    sim = similarity.detach()  # selection is discrete: made on detached values
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(n_rows, dtype=torch.bool, device=labels.device)
-    pos_mask = same & ~eye & real[None, :] & real[:, None]
-    # member[a, x]: x is a itself or a synthetic point with a as a parent.
-    member = eye.clone()
-    syn_idx = torch.nonzero(is_synthetic, as_tuple=True)[0]
-    if len(syn_idx):
-        member[owner[syn_idx, 0], syn_idx] = True
-        member[owner[syn_idx, 1], syn_idx] = True
-    neg_sim = sim.masked_fill(same, float("-inf"))
-    best_neg_val, best_neg_col = neg_sim.max(dim=1)  # per row x: its hardest negative
-    cand = best_neg_val[None, :].expand(n_rows, n_rows).masked_fill(~member, float("-inf"))
-    pair_val, x_star = cand.max(dim=1)  # per anchor a: the best x among {a} ∪ S(a)
-    pos_val, p_star = sim.masked_fill(~pos_mask, float("inf")).min(dim=1)
-    ok = real & torch.isfinite(pos_val) & torch.isfinite(pair_val)
-    a = torch.nonzero(ok, as_tuple=True)[0]
-    return a, p_star[a], x_star[a], best_neg_col[x_star[a]]

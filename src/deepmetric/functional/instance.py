@@ -13,7 +13,7 @@ Every function is stateless; randomness comes in as tensors drawn by the caller 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -198,6 +198,15 @@ def softmax_embedding_terms(
     return pos, neg
 
 
+def _real_rows(is_synthetic: Optional[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the rows that may be queries (all of them when ``is_synthetic`` is None)."""
+    if is_synthetic is None:
+        return torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    if is_synthetic.shape != labels.shape or is_synthetic.dtype != torch.bool:
+        raise ValueError(f"is_synthetic must be a bool tensor shaped like labels {tuple(labels.shape)}, got {is_synthetic.dtype} {tuple(is_synthetic.shape)}")
+    return ~is_synthetic
+
+
 def instance_softmax_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -207,6 +216,7 @@ def instance_softmax_loss(
     stop_gradient: bool = True,
     form: str = "code",
     hard_negative_fraction: float = 1.0,
+    is_synthetic: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Instance-wise softmax embedding loss (Ye et al., CVPR 2019; SPEC §1).
 
@@ -242,6 +252,9 @@ def instance_softmax_loss(
         form: ``"code"`` or ``"paper"``.
         hard_negative_fraction: keep only this most-similar fraction of each query's negatives, both in
             D_a and in the log(1 − p) sum (``hardest_negatives_mask`` gives the rounding).
+        is_synthetic: (B,) bool or None. Synthetic rows (from a synthesiser) are never queries: they
+            only enter the other rows' softmax as keys, and the mean runs over the real queries
+            (``form="code"`` only).
 
     Returns:
         Scalar loss (float32, or float64 for float64 input).
@@ -252,15 +265,19 @@ def instance_softmax_loss(
         raise ValueError(
             f"expected embeddings (B, d) and labels (B,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
         )
+    query = _real_rows(is_synthetic, labels)
+    if form == "paper" and not bool(query.all()):
+        raise ValueError("instance_softmax_loss: form='paper' has no rule for synthetic rows; use form='code' with a synthesiser")
     _, index = instance_views(labels, views=2 if form == "paper" else None)
     z = l2_normalize(_compute_dtype(embeddings))
     # Stop-gradient (released code): keys are constants, only the query side of s(a,b) is trained.
     keys = z.detach() if stop_gradient else z
     w = float(negative_weight)
     if form == "code":
-        logits = z @ keys.t() / temperature
-        same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        # Queries are the real rows only; synthetic rows stay keys (SynthesisLoss's rule).
+        logits = z[query] @ keys.t() / temperature
+        same = (labels[:, None] == labels[None, :])[query]
+        eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)[query]
         negatives = hardest_negatives_mask(logits, ~same, hard_negative_fraction)
         pos, neg = softmax_embedding_terms(logits, same & ~eye, negatives, negative_weight=w)
         return -(pos + w * neg).mean()
@@ -288,6 +305,7 @@ def category_softmax_loss(
     temperature: float = 0.1,
     negative_weight: float = 1.0,
     stop_gradient: bool = False,
+    is_synthetic: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Category-wise softmax embedding (TPAMI 2022 supervised variant; SPEC §1 **[choice]**).
 
@@ -308,6 +326,8 @@ def category_softmax_loss(
         temperature: τ > 0.
         negative_weight: w >= 0.
         stop_gradient: detach the key side of every similarity (as the released instance code).
+        is_synthetic: (B,) bool or None. Synthetic rows are never anchors: they are only keys (positives
+            and negatives) of the real anchors.
 
     Returns:
         Scalar loss.
@@ -320,7 +340,7 @@ def category_softmax_loss(
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     positives = same & ~eye
-    anchors = positives.any(dim=1)
+    anchors = positives.any(dim=1) & _real_rows(is_synthetic, labels)
     if not bool(anchors.any()):
         return (x * 0.0).sum()
     z = l2_normalize(x)

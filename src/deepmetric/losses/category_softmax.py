@@ -7,6 +7,7 @@ documented choice. The maths lives in :func:`deepmetric.functional.instance.cate
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -55,14 +56,17 @@ class CategorySoftmaxLoss(nn.Module):
         self.negative_weight = float(negative_weight)
         self.stop_gradient = stop_gradient
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embeddings (B, d), labels (B,) class labels -> scalar."""
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, *, is_synthetic: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """embeddings (B, d), labels (B,) class labels -> scalar; ``is_synthetic`` rows are never anchors."""
         return category_softmax_loss(
             embeddings,
             labels,
             temperature=self.temperature,
             negative_weight=self.negative_weight,
             stop_gradient=self.stop_gradient,
+            is_synthetic=is_synthetic,
         )
 
     def extra_repr(self) -> str:

@@ -112,8 +112,13 @@ class InstanceSoftmaxLoss(nn.Module):
         self.form = form
         self.hard_negative_fraction = float(hard_negative_fraction)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Loss of a two-view batch: embeddings (2m, d), labels (2m,) instance ids -> scalar."""
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, *, is_synthetic: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Loss of a two-view batch: embeddings (2m, d), labels (2m,) instance ids -> scalar.
+
+        ``is_synthetic`` (from a synthesiser): those rows are keys only, never queries.
+        """
         return instance_softmax_loss(
             embeddings,
             labels,
@@ -122,6 +127,7 @@ class InstanceSoftmaxLoss(nn.Module):
             stop_gradient=self.stop_gradient,
             form=self.form,
             hard_negative_fraction=self.hard_negative_fraction,
+            is_synthetic=is_synthetic,
         )
 
     def extra_repr(self) -> str:

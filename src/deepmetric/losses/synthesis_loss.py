@@ -1,16 +1,27 @@
 """Compose any embedding-space synthesiser with any loss (SPEC.md §2–5; DESIGN "Synthesiser" contract).
 
 ``SynthesisLoss(base_loss, synthesiser)`` is itself a loss: ``forward(embeddings, labels, *, generator,
-progress) -> scalar``. How real and synthetic rows meet the base loss is chosen by the synthesiser's
-class attribute ``combine``:
+progress, epoch, epochs) -> scalar``. How real and synthetic rows meet the base loss is chosen by the
+synthesiser's class attribute ``combine``; in every rule a synthetic row is never the anchor of a
+tuple (DESIGN: losses read ``is_synthetic``):
 
-* ``"separate"`` (SEE, Le & Woo 2024): L = base(real) + λ·base(synthetic) for proxy losses; for losses
-  without proxies the second term is the base loss over real ∪ synthetic restricted to the tuples
-  anchored on a real row whose other member(s) are synthetic.
+* ``"separate"`` (SEE, Le & Woo 2024): L = base(real) + λ·T, where T is the base loss's own mean over
+  the tuples that contain synthetic points, whatever the number of synthetic rows (λ means λ):
+  proxy/classification losses score the synthetic rows alone, base(synthetic); pair and triplet
+  losses take the tuples anchored on a real row whose other member(s) are synthetic, and a loss that
+  averages per anchor (Multi-Similarity) averages over the real anchors that have such tuples, not
+  over every row of the enlarged batch.
 * ``"joint"`` (EE, Ko & Gu 2020; symmetrical, Gu & Ko 2020; feature_interpolation and
-  angular_perturbation): one base loss over real ∪ synthetic, anchors restricted to real rows where the
-  base loss takes PML tuples; with EE's ``hard_pair_mining`` the tuples are EE's mined ones.
+  angular_perturbation): one base loss over real ∪ synthetic with anchors on real rows, averaged over
+  the real rows as base(real) is; ``hphn_triplet`` mines EE's hard negative pairs itself.
 * ``"ranking"`` (intra-variance, Liu et al. 2024): L = base(real) + γ·IntraClassRankingLoss(batch).
+
+How a base loss keeps synthetic rows from anchoring (``base_kind``): PML pair and triplet losses get
+explicit tuples with the real rows as queries and real ∪ synthetic as PML's reference set
+(``ref_emb``); N-pair gets real-anchored pairs; losses with an ``is_synthetic`` argument (instance and
+category softmax) use synthetic rows as keys only; proxy/classification losses (trainable per-class
+weights or centres: Proxy-Anchor, normalised softmax, ArcFace, CosFace, SoftTriple) anchor on their
+proxies, and synthetic rows are scored like real ones. Any other loss is refused with an error.
 
 ``forward(..., return_terms=True)`` returns :class:`LossTerms` (loss, base, aux, weight), loss = base +
 weight·aux, which the training loop logs as ``loss_base`` and ``loss_aux``. Synthesisers that work
@@ -23,12 +34,13 @@ import inspect
 from typing import NamedTuple, Optional, Tuple
 
 import torch
-from pytorch_metric_learning.losses import GenericPairLoss, TripletMarginLoss
+from pytorch_metric_learning.losses import GenericPairLoss, NPairsLoss, TripletMarginLoss
 from torch import nn
 
+from deepmetric.losses.hphn_triplet import HPHNTripletLoss
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
 
-__all__ = ["LossTerms", "SynthesisLoss", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
+__all__ = ["LossTerms", "SynthesisLoss", "base_kind", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
 
 COMBINE_RULES = ("separate", "joint", "ranking")
 
@@ -50,20 +62,34 @@ def base_proxies(base_loss: nn.Module) -> Optional[torch.Tensor]:
     return None
 
 
-def _tuple_kind(base_loss: nn.Module) -> Tuple[Optional[str], nn.Module]:
-    """("pair" | "triplet" | None, the PML loss): whether the base loss takes PML indices tuples.
+BASE_KINDS = ("hphn", "pair", "triplet", "npairs", "rows", "queries")
 
-    A wrapper with a PML loss in ``.loss`` and an ``indices_tuple`` argument (our MultiSimilarityWithMiner)
-    counts as that loss.
+
+def base_kind(base_loss: nn.Module) -> Tuple[str, nn.Module]:
+    """How ``base_loss`` meets synthetic rows (one of ``BASE_KINDS``) and the module that takes tuples.
+
+    "pair"/"triplet": a PML pair (GenericPairLoss) or triplet loss, or a wrapper with one in ``.loss``
+    (our MultiSimilarityWithMiner); "npairs": PML's N-pair loss; "hphn": the HPHN triplet loss;
+    "rows": a loss with trainable proxies/centres; "queries": a loss whose forward takes ``is_synthetic``.
+    Anything else is a ValueError: it could anchor on synthetic rows.
     """
-    inner = base_loss
-    if not isinstance(base_loss, (GenericPairLoss, TripletMarginLoss)):
-        inner = getattr(base_loss, "loss", None)
-        if not isinstance(inner, (GenericPairLoss, TripletMarginLoss)):
-            return None, base_loss
+    inner = base_loss if isinstance(base_loss, (GenericPairLoss, TripletMarginLoss)) else getattr(base_loss, "loss", None)
     if isinstance(inner, TripletMarginLoss):
         return "triplet", inner
-    return "pair", inner
+    if isinstance(inner, GenericPairLoss):
+        return "pair", inner
+    if isinstance(base_loss, NPairsLoss):
+        return "npairs", base_loss
+    if isinstance(base_loss, HPHNTripletLoss):
+        return "hphn", base_loss
+    if base_proxies(base_loss) is not None or any(p.requires_grad for p in base_loss.parameters()):
+        return "rows", base_loss
+    if "is_synthetic" in inspect.signature(base_loss.forward).parameters:
+        return "queries", base_loss
+    raise ValueError(
+        f"SynthesisLoss cannot keep synthetic rows from anchoring {type(base_loss).__name__}: it takes no PML tuples, has no "
+        "proxies and no is_synthetic argument. Use a pair/triplet/proxy loss, or give the loss an is_synthetic argument"
+    )
 
 
 def real_anchored_pairs(labels: torch.Tensor, is_synthetic: torch.Tensor, *, synthetic_partner: bool = False):
@@ -89,6 +115,10 @@ def real_anchored_triplets(labels: torch.Tensor, is_synthetic: torch.Tensor, *, 
         keep = is_synthetic[p] | is_synthetic[n]
         a, p, n = a[keep], p[keep], n[keep]
     return a, p, n
+
+
+#: Keyword context a synthesiser may take; each gets only the ones its forward names.
+CONTEXT_KEYS = ("generator", "proxies", "progress", "epoch", "epochs", "features", "head")
 
 
 class LossTerms(NamedTuple):
@@ -117,7 +147,7 @@ class SynthesisLoss(nn.Module):
     ``base_loss`` (a sub-module), so the optimiser's loss group includes them.
 
     Args:
-        base_loss: any loss ``(embeddings, labels) -> scalar`` (PML losses, our wrappers and losses).
+        base_loss: a loss ``(embeddings, labels) -> scalar`` of one of the kinds of ``base_kind``.
         synthesiser: a synthesiser with a ``combine`` class attribute in {"separate", "joint", "ranking"}.
         weight: λ / γ of the synthetic term for "separate" and "ranking"; None takes the synthesiser's
             own ``weight`` (SEE λ = 0.2). "joint" has no weight: it must be None.
@@ -145,12 +175,21 @@ class SynthesisLoss(nn.Module):
             if not weight >= 0:
                 raise ValueError(f"synthesis weight must be >= 0, got {weight}")
             weight = float(weight)
+        kind, inner = base_kind(base_loss)
+        if kind == "hphn" and combine != "joint":
+            raise ValueError(
+                f"hphn_triplet mines over real and synthetic rows in one loss (combine='joint', e.g. embedding_expansion); "
+                f"{type(synthesiser).__name__} has combine={combine!r}: use another base loss with it"
+            )
         self.base_loss = base_loss
         self.synthesiser = synthesiser
         self.combine = combine
         self.weight = weight
-        self.ranking_loss = IntraClassRankingLoss(**synthesiser.ranking_loss_params()) if combine == "ranking" else None
+        self.kind = kind
+        self._inner = [inner]  # the PML module that takes tuples (a list: not registered twice as a sub-module)
         accepted = inspect.signature(synthesiser.forward).parameters
+        self._context_keys = tuple(k for k in CONTEXT_KEYS if k in accepted)
+        self.ranking_loss = IntraClassRankingLoss(**synthesiser.ranking_loss_params()) if combine == "ranking" else None
         #: whether the synthesiser works before the head: the loop then passes ``features=`` and ``head=``
         self.uses_features = "features" in accepted and "head" in accepted and getattr(synthesiser, "space", "features") == "features"
 
@@ -161,18 +200,23 @@ class SynthesisLoss(nn.Module):
         *,
         generator: Optional[torch.Generator] = None,
         progress: float = 0.0,
+        epoch: Optional[int] = None,
+        epochs: Optional[int] = None,
         features: Optional[torch.Tensor] = None,
         head: Optional[nn.Module] = None,
         return_terms: bool = False,
     ):
         """embeddings (B, d), labels (B,) -> scalar, or :class:`LossTerms` with ``return_terms``.
 
-        ``generator`` and ``progress`` go to the synthesiser, and so do ``features`` (B, F) (the pooled
+        The keyword context goes to the synthesiser, each if it takes it: ``generator``, ``progress``
+        (fraction of steps done), ``epoch`` (0-based), ``epochs`` (total), ``features`` (B, F) (the pooled
         backbone features the embeddings were computed from) and ``head`` (the module mapping them to
-        embeddings) when it uses them (:attr:`uses_features`).
+        embeddings; used when :attr:`uses_features`).
         """
-        terms = self._terms(embeddings, labels, generator=generator, progress=progress, features=features, head=head,
-                            return_terms=return_terms)
+        context = {"generator": generator, "proxies": base_proxies(self.base_loss), "progress": progress, "epoch": epoch,
+                   "epochs": epochs, "features": features, "head": head}
+        batch = self.synthesiser(embeddings, labels, **{k: context[k] for k in self._context_keys})
+        terms = self._terms(batch, embeddings, labels, context["proxies"], return_terms)
         return terms if return_terms else terms.loss
 
     def _combined(self, real: torch.Tensor, extra: torch.Tensor) -> LossTerms:
@@ -185,24 +229,16 @@ class SynthesisLoss(nn.Module):
             real = self.base_loss(embeddings, labels)
         return LossTerms(total, real, total.detach() - real, 1.0)
 
-    def _terms(self, embeddings, labels, *, generator, progress, features, head, return_terms) -> LossTerms:
-        proxies = base_proxies(self.base_loss)
-        context = {"features": features, "head": head} if self.uses_features else {}
-        batch = self.synthesiser(embeddings, labels, generator=generator, proxies=proxies, progress=progress, **context)
+    def _terms(self, batch, embeddings: torch.Tensor, labels: torch.Tensor, proxies, return_terms: bool) -> LossTerms:
         z, y, syn = batch
+        if self.kind == "hphn":  # mines its hard pairs itself, with or without synthetic rows (n = 0)
+            total = self.base_loss(z, y, is_synthetic=syn, owner=getattr(batch, "owner", None))
+            return self._joint(total, embeddings, labels, return_terms)
         if not bool(syn.any()):  # nothing synthesised: exactly the base loss
             real = self.base_loss(embeddings, labels)
             return LossTerms(real, real.detach(), torch.zeros_like(real.detach()), 1.0 if self.weight is None else self.weight)
-        kind, inner = _tuple_kind(self.base_loss)
         if self.combine == "separate":
-            real = self.base_loss(embeddings, labels)
-            if proxies is not None or kind is None:
-                extra = self.base_loss(z[syn], y[syn]) if proxies is not None else self.base_loss(z, y)
-            elif kind == "triplet":
-                extra = self.base_loss(z, y, real_anchored_triplets(y, syn, synthetic_partner=True))
-            else:
-                extra = self.base_loss(z, y, real_anchored_pairs(y, syn, synthetic_partner=True))
-            return self._combined(real, extra)
+            return self._combined(self.base_loss(embeddings, labels), self.synthetic_term(z, y, syn))
         if self.combine == "ranking":
             real = self.base_loss(embeddings, labels)
             owner = getattr(batch, "owner", None)
@@ -211,36 +247,69 @@ class SynthesisLoss(nn.Module):
                 raise ValueError(f"combine='ranking' needs a traced batch (owner, intensity) from the synthesiser, got {type(batch).__name__}")
             rank = self.ranking_loss(z, y, source=owner[:, 0], intensity=intensity, proxies=proxies)
             return self._combined(real, rank)
-        # joint
-        return self._joint(self._joint_loss(z, y, batch, kind, inner, syn, proxies), embeddings, labels, return_terms)
+        return self._joint(self.joint_term(z, y, syn), embeddings, labels, return_terms)
 
-    def _joint_loss(self, z, y, batch, kind, inner, syn, proxies) -> torch.Tensor:
-        if kind is None or proxies is not None:
+    def synthetic_term(self, z: torch.Tensor, y: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+        """T of the "separate" rule: the base loss over the tuples that contain synthetic rows."""
+        if self.kind == "rows":
+            return self.base_loss(z[syn], y[syn])
+        if self.kind == "queries":
+            return self.base_loss(z, y, is_synthetic=syn)
+        if self.kind == "npairs":
+            return self.base_loss(z, y, real_anchored_pairs(y, syn, synthetic_partner=True))
+        return self._tuple_loss(z, y, syn, synthetic_partner=True)
+
+    def joint_term(self, z: torch.Tensor, y: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+        """The "joint" rule: one base loss over real ∪ synthetic rows, anchors on real rows."""
+        if self.kind == "rows":
             return self.base_loss(z, y)
-        if getattr(self.synthesiser, "hard_pair_mining", False):
-            return self._mined(z, y, batch, kind, inner)
-        miner = getattr(self.base_loss, "miner", None)
-        if kind == "pair" and miner is not None:
-            # The base loss's own miner on the enlarged batch, then only the tuples anchored on real rows.
-            a1, p, a2, n = miner(z, y)
-            k1, k2 = ~syn[a1], ~syn[a2]
-            return self.base_loss(z, y, (a1[k1], p[k1], a2[k2], n[k2]))
-        tuples = real_anchored_triplets(y, syn) if kind == "triplet" else real_anchored_pairs(y, syn)
-        return self.base_loss(z, y, tuples)
+        if self.kind == "queries":
+            return self.base_loss(z, y, is_synthetic=syn)
+        if self.kind == "npairs":
+            return self.base_loss(z, y, real_anchored_pairs(y, syn))
+        return self._tuple_loss(z, y, syn, synthetic_partner=False)
 
-    def _mined(self, z: torch.Tensor, y: torch.Tensor, batch, kind: str, inner: nn.Module) -> torch.Tensor:
-        """EE's hard positive and hard negative pair per real anchor (SPEC §2)."""
-        mat = inner.distance(z)
-        similarity = mat if inner.distance.is_inverted else -mat
-        a, p, x, n = self.synthesiser.mine(similarity, batch)
-        if kind == "pair":
-            return self.base_loss(z, y, (a, p, x, n))
-        if len(a) == 0:
+    def _tuple_loss(self, z: torch.Tensor, y: torch.Tensor, syn: torch.Tensor, *, synthetic_partner: bool) -> torch.Tensor:
+        """A PML pair/triplet loss with real queries against real ∪ synthetic references (PML ``ref_emb``).
+
+        The queries are the real rows (``synthetic_partner=False``: all of them, as base(real) averages
+        over its rows) or only the real rows that anchor a tuple with a synthetic member (True): a loss
+        that averages per anchor then averages over exactly those anchors. The base loss's own miner,
+        if any, mines the enlarged batch (its choice for an anchor depends on that anchor's row only).
+        """
+        inner = self._inner[0]
+        n_real = int((~syn).sum())
+        if bool(syn[:n_real].any()):
+            raise ValueError("synthesisers must return the real rows first (SynthBatch contract)")
+        if self.kind == "triplet":
+            a, p, n = real_anchored_triplets(y, syn, synthetic_partner=synthetic_partner)
+            anchors = a
+        else:
+            miner = getattr(self.base_loss, "miner", None)
+            if miner is not None:
+                # Mining is row by row: mine the enlarged batch, keep the rows of the real anchors.
+                a1, p, a2, n = miner(z, y)
+                keep1, keep2 = ~syn[a1], ~syn[a2]
+                if synthetic_partner:
+                    keep1, keep2 = keep1 & syn[p], keep2 & syn[n]
+                a1, p, a2, n = a1[keep1], p[keep1], a2[keep2], n[keep2]
+            else:
+                a1, p, a2, n = real_anchored_pairs(y, syn, synthetic_partner=synthetic_partner)
+            anchors = torch.cat([a1, a2])
+        if len(anchors) == 0:
             return (z * 0.0).sum()
-        # The released HPHN triplet: [d(a, p*) − d(x*, n*) + m]_+, averaged over the real anchors.
-        violation = inner.distance.margin(mat[a, p], mat[x, n]) + inner.margin
-        loss = torch.nn.functional.softplus(violation) if inner.smooth_loss else torch.relu(violation)
-        return loss.mean()
+        if synthetic_partner:
+            queries = torch.unique(anchors)
+            slot = torch.full((len(y),), -1, dtype=torch.long, device=y.device)
+            slot[queries] = torch.arange(len(queries), device=y.device)
+        else:
+            queries = torch.arange(n_real, device=y.device)
+            slot = torch.arange(len(y), device=y.device)
+        if self.kind == "triplet":
+            tuples = (slot[a], p, n)
+        else:
+            tuples = (slot[a1], p, slot[a2], n)
+        return inner(z[queries], y[queries], tuples, ref_emb=z, ref_labels=y)
 
     def extra_repr(self) -> str:
-        return f"combine={self.combine!r}, weight={self.weight}"
+        return f"combine={self.combine!r}, weight={self.weight}, base_kind={self.kind!r}"

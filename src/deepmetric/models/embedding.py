@@ -1,4 +1,4 @@
-"""Embedding model = backbone -> head (Linear -> optional BatchNorm1d / LayerNorm -> L2 normalisation).
+"""Embedding model = backbone -> head ([LayerNorm] -> Linear -> [BatchNorm1d / LayerNorm] -> L2 normalisation).
 
 ``build_model`` is the one factory the training loop, evaluation and export call; ``model_signature``
 summarises a model so that checkpoints and indexes built with another model are detected.
@@ -6,7 +6,7 @@ summarises a model so that checkpoints and indexes built with another model are 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -14,27 +14,45 @@ from torch import nn
 from deepmetric.functional.similarity import l2_normalize
 from deepmetric.models.backbones import Backbone, build_backbone
 
-HEAD_NORMS = ("none", "bn", "ln")
+HEAD_NORMS = ("none", "bn", "ln", "pre_ln")
+HEAD_INITS = ("kaiming_fan_out", "orthogonal")
 
 
 class EmbeddingHead(nn.Module):
     """features (B, in_features) -> embeddings (B, embedding_dim): Linear, then BatchNorm1d (``"bn"``),
-    LayerNorm (``"ln"``) or nothing (``"none"``), then L2 normalisation when ``normalize``."""
+    LayerNorm (``"ln"``) or nothing (``"none"``), then L2 normalisation when ``normalize``.
 
-    def __init__(self, in_features: int, embedding_dim: int, *, norm: str = "none", normalize: bool = True) -> None:
+    ``"pre_ln"`` instead normalises the features before the Linear layer with a LayerNorm that has no affine
+    parameters: SEE's ``--use_lastnorm`` head (PAKDD24-SEE trainer/models/model.py l.116-117,
+    ``nn.Sequential(nn.LayerNorm(bdim, elementwise_affine=False), nn.Linear(bdim, emb), NormLayer())``).
+    ``"ln"`` is a different head: an affine LayerNorm on the embedding, after the Linear layer.
+
+    ``init``: ``"kaiming_fan_out"`` (Proxy-Anchor code/net/resnet.py l.193) or ``"orthogonal"`` (SEE
+    model.py l.75-79); the bias starts at zero in both.
+    """
+
+    def __init__(self, in_features: int, embedding_dim: int, *, norm: str = "none", normalize: bool = True,
+                 init: str = "kaiming_fan_out") -> None:
         super().__init__()
         if norm not in HEAD_NORMS:
             raise ValueError(f"head_norm={norm!r} is not one of {HEAD_NORMS}")
+        if init not in HEAD_INITS:
+            raise ValueError(f"head_init={init!r} is not one of {HEAD_INITS}")
+        # no parameters and no buffers: state dicts of the other heads are unchanged
+        self.pre_norm: nn.Module = nn.LayerNorm(in_features, elementwise_affine=False) if norm == "pre_ln" else nn.Identity()
         self.fc = nn.Linear(in_features, embedding_dim)
-        # Proxy-Anchor initialises its embedding layer with Kaiming (fan_out); keeps early embeddings spread.
-        nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
+        if init == "orthogonal":
+            nn.init.orthogonal_(self.fc.weight, gain=1.0)
+        else:  # Proxy-Anchor's Kaiming (fan_out) keeps early embeddings spread
+            nn.init.kaiming_normal_(self.fc.weight, mode="fan_out")
         nn.init.zeros_(self.fc.bias)
-        self.norm: nn.Module = {"none": nn.Identity, "bn": nn.BatchNorm1d, "ln": nn.LayerNorm}[norm](*([] if norm == "none" else [embedding_dim]))
+        post = norm if norm in ("bn", "ln") else "none"
+        self.norm: nn.Module = {"none": nn.Identity, "bn": nn.BatchNorm1d, "ln": nn.LayerNorm}[post](*([] if post == "none" else [embedding_dim]))
         self.norm_kind = norm
         self.normalize = normalize
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        z = self.norm(self.fc(features))
+        z = self.norm(self.fc(self.pre_norm(features)))
         return l2_normalize(z) if self.normalize else z
 
 
@@ -104,7 +122,8 @@ class EmbeddingModel(nn.Module):
 
 
 def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional[str] = None, pooling: str = "avg",
-                head_norm: str = "none", normalize: bool = True, freeze_bn: bool = False, in_chans: int = 3) -> EmbeddingModel:
+                head_norm: str = "none", normalize: bool = True, freeze_bn: bool = False, in_chans: int = 3,
+                head_init: str = "kaiming_fan_out", frozen: Sequence[str] = ()) -> EmbeddingModel:
     """Build backbone + embedding head.
 
     Args:
@@ -115,10 +134,14 @@ def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional
         pretrained: None, a local weights file, or ``"offline"`` (packaged weights; see
             ``deepmetric.models.pretrained``). Never downloads.
         pooling: ``"avg"``, ``"max"`` or ``"avgmax"`` (GAP + GMP) for CNNs; ignored by ViTs (CLS token).
-        head_norm: ``"none"``, ``"bn"`` (BatchNorm1d) or ``"ln"`` (LayerNorm) after the Linear layer.
+        head_norm: ``"none"``, ``"bn"`` (BatchNorm1d) or ``"ln"`` (LayerNorm) after the Linear layer, or
+            ``"pre_ln"`` (LayerNorm without affine parameters before it; see ``EmbeddingHead``).
         normalize: L2-normalise the embeddings.
         freeze_bn: keep the backbone's BatchNorm layers in eval mode with frozen affine parameters.
         in_chans: input image channels.
+        head_init: ``"kaiming_fan_out"`` or ``"orthogonal"`` initialisation of the head's Linear layer.
+        frozen: backbone parameter-name prefixes that never train (requires_grad off), e.g.
+            ``["body.patch_embed"]``: SEE freezes DeiT's patch embedding (PAKDD24-SEE model.py l.113, 149-157).
 
     Returns:
         ``EmbeddingModel`` mapping (B, in_chans, H, W) to (B, embedding_dim).
@@ -126,7 +149,14 @@ def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional
     if not isinstance(embedding_dim, int) or embedding_dim < 1:
         raise ValueError(f"embedding_dim={embedding_dim!r} must be a positive int")
     bb = build_backbone(backbone, pretrained=pretrained, in_chans=in_chans, pooling=pooling)
-    head = EmbeddingHead(bb.num_features, embedding_dim, norm=head_norm, normalize=normalize)
+    head = EmbeddingHead(bb.num_features, embedding_dim, norm=head_norm, normalize=normalize, init=head_init)
+    for prefix in frozen:
+        matched = [p for n, p in bb.named_parameters() if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            tops = sorted({n.split(".")[0] + "." + n.split(".")[1] if n.count(".") > 1 else n for n, _ in bb.named_parameters()})
+            raise ValueError(f"frozen prefix {prefix!r} matches no parameter of backbone {backbone!r}; its parameters start with: {', '.join(tops[:12])}")
+        for p in matched:
+            p.requires_grad_(False)
     return EmbeddingModel(bb, head, freeze_bn=freeze_bn)
 
 

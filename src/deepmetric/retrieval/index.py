@@ -10,9 +10,23 @@ inner product IS the cosine similarity. Three index kinds:
 
 A saved index is a folder::
 
-    DIR/index.faiss   the faiss index (faiss.write_index)
-    DIR/index.json    metadata: kind, dim, count, search parameters, and what the caller stored
-                      (paths, labels, class names, model signature, config, ...)
+    DIR/index.faiss   the faiss index (faiss.write_index); after edits ``index.<generation>.faiss``
+    DIR/index.json    metadata: kind, dim, count, search parameters, the item ids and what the caller
+                      stored per item (labels, paths) and overall (class names, model signature, config)
+
+Items have stable integer ids (0..n−1 when built; new ids continue from the largest ever used) and can be
+added, removed and updated without re-embedding the others (:meth:`SearchIndex.add`, ``remove``,
+``update``), with faiss's id semantics: flat = ``IndexIDMap2(IndexFlatIP)`` and IVF-PQ (ids stored in its
+inverted lists) remove with ``remove_ids``. faiss's HNSW graph cannot delete a node, so a removed or
+replaced HNSW item becomes a **tombstone**: its graph position stays (and keeps routing searches) but
+every search filters it with an ``IDSelector`` during the graph walk, so results still hold k live
+items; when tombstones reach :data:`HNSW_REBUILD_FRACTION` of the graph, the graph is rebuilt from the
+live vectors (HNSW stores them, so nothing is re-embedded). IVF-PQ keeps the coarse quantiser and PQ
+codebooks trained on the original gallery: many added items from a new distribution call for a rebuild.
+
+Edits are persisted atomically (:meth:`SearchIndex.commit`): the new faiss file is written under a new
+name, then ``index.json``, which names it, is replaced in one rename; a crash leaves the previous
+complete index.
 
 :func:`measured_recall` reports how much of the exact top-k an approximate index returns, so the
 approximation is quoted as a measured number, never assumed.
@@ -31,6 +45,10 @@ INDEX_FILE = "index.faiss"
 META_FILE = "index.json"
 KINDS = ("flat", "hnsw", "ivfpq")
 FORMAT_VERSION = 1
+#: per-item metadata lists, kept aligned with ``metadata["ids"]`` through edits
+ITEM_FIELDS = ("labels", "paths")
+#: an HNSW graph whose tombstones reach this share of its nodes is rebuilt from the live vectors
+HNSW_REBUILD_FRACTION = 0.25
 
 
 class SearchIndexError(ValueError):
@@ -141,12 +159,11 @@ class SearchIndex:
                 raise ValueError(f"metadata[{key!r}] has {len(meta[key])} entries but there are {n} embeddings; pass one per row")
         params: Dict[str, Any] = {}
         if kind == "flat":
-            index = faiss.IndexFlatIP(d)
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         elif kind == "hnsw":
             if hnsw_m < 2 or ef_search < 1 or ef_construction < 1:
                 raise ValueError(f"hnsw_m={hnsw_m} must be >= 2 and ef_search={ef_search}, ef_construction={ef_construction} >= 1")
-            index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
+            index = faiss.IndexIDMap2(_new_hnsw(d, hnsw_m, ef_construction))
             params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
         else:
             auto = _default_ivfpq_params(n, d)
@@ -165,8 +182,9 @@ class SearchIndex:
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["pq_m"], params["nbits"], faiss.METRIC_INNER_PRODUCT)
             index.train(x)
-        index.add(x)
-        meta.update({"format_version": FORMAT_VERSION, "kind": kind, "dim": d, "count": n, "metric": "cosine", "params": params})
+        index.add_with_ids(x, np.arange(n, dtype=np.int64))
+        meta.update({"format_version": FORMAT_VERSION, "kind": kind, "dim": d, "count": n, "metric": "cosine", "params": params,
+                     "ids": list(range(n)), "next_id": n, "tombstones": []})
         out = cls(index, meta)
         out._apply_search_params()
         return out
@@ -175,9 +193,151 @@ class SearchIndex:
         """Search-time knobs are set from the metadata (faiss does not persist all of them)."""
         p = self.metadata.get("params", {})
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = int(p.get("ef_search", 64))
+            self.inner.hnsw.efSearch = int(p.get("ef_search", 64))
         elif self.kind == "ivfpq":
-            self.index.nprobe = int(p.get("nprobe", 1))
+            self.inner.nprobe = int(p.get("nprobe", 1))
+
+    @property
+    def inner(self) -> Any:
+        """The faiss index under the id map (IndexFlatIP / IndexHNSWFlat), or the IVF-PQ index itself."""
+        import faiss
+
+        return faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
+
+    # ------------------------------------------------------------------------------- ids and edits
+    @property
+    def ids(self) -> List[int]:
+        """The live item ids, in metadata order (the order of ``labels`` and ``paths``)."""
+        return self.metadata["ids"]
+
+    def position(self, item_id: int) -> int:
+        """Where item ``item_id`` sits in the per-item metadata lists; KeyError naming the valid range if absent."""
+        pos = self._positions().get(int(item_id))
+        if pos is None:
+            ids = self.ids
+            span = f"{min(ids)}..{max(ids)}" if ids else "none"
+            raise KeyError(f"no item with id {item_id} in the index ({len(ids)} items, ids {span})")
+        return pos
+
+    def _positions(self) -> Dict[int, int]:
+        if getattr(self, "_pos_cache", None) is None:
+            self._pos_cache = {int(i): p for p, i in enumerate(self.metadata["ids"])}
+        return self._pos_cache
+
+    def _item_fields(self, n_new: int, labels: Optional[Sequence[int]], paths: Optional[Sequence[Optional[str]]]) -> Dict[str, list]:
+        given = {"labels": labels, "paths": paths}
+        out = {}
+        for key in ITEM_FIELDS:
+            v = given[key]
+            if v is not None and len(v) != n_new:
+                raise ValueError(f"{key} has {len(v)} entries for {n_new} new embeddings; pass one per row")
+            out[key] = [int(a) for a in v] if (v is not None and key == "labels") else (list(v) if v is not None else None)
+        return out
+
+    def add(self, embeddings: Any, *, ids: Optional[Sequence[int]] = None, labels: Optional[Sequence[int]] = None,
+            paths: Optional[Sequence[Optional[str]]] = None) -> List[int]:
+        """Add items (their embeddings from the index's model) without touching the others.
+
+        Args:
+            embeddings: (m, d) new embeddings (normalised here).
+            ids: their ids; None = new ids after the largest ever used. An id already present is an error
+                (use :meth:`update`).
+            labels / paths: per new item (label −1 = unknown, path None = no file).
+
+        Returns:
+            The ids of the new items.
+        """
+        x = _unit_rows(embeddings, "embeddings")
+        if x.shape[1] != self.dim:
+            raise ValueError(f"the new embeddings have dimension {x.shape[1]} but the index holds {self.dim}-dimensional ones; "
+                             "embed them with the index's model (index.json: model_signature)")
+        m = x.shape[0]
+        if ids is None:
+            new_ids = list(range(int(self.metadata["next_id"]), int(self.metadata["next_id"]) + m))
+        else:
+            new_ids = [int(i) for i in ids]
+            if len(new_ids) != m or len(set(new_ids)) != m or any(i < 0 for i in new_ids):
+                raise ValueError(f"ids must be {m} distinct non-negative integers, one per new embedding; got {list(ids)[:10]}")
+            clash = [i for i in new_ids if i in self._positions()]
+            if clash:
+                raise ValueError(f"ids {clash[:10]} are already in the index; use update to replace them")
+        fields = self._item_fields(m, labels, paths)
+        self.index.add_with_ids(x, np.asarray(new_ids, dtype=np.int64))
+        meta = self.metadata
+        for key in ITEM_FIELDS:
+            if fields[key] is None and meta.get(key) is None:
+                continue
+            old = meta.get(key)
+            if old is None:
+                old = [-1 if key == "labels" else None] * len(meta["ids"])
+            new = fields[key] if fields[key] is not None else [-1 if key == "labels" else None] * m
+            meta[key] = list(old) + new
+        meta["ids"] = list(meta["ids"]) + new_ids
+        meta["next_id"] = max(int(meta["next_id"]), max(new_ids) + 1)
+        meta["count"] = len(meta["ids"])
+        self._pos_cache = None
+        return new_ids
+
+    def remove(self, ids: Sequence[int]) -> None:
+        """Remove items by id (flat/IVF-PQ: faiss ``remove_ids``; HNSW: tombstones, see the module docstring).
+
+        Raises:
+            KeyError: an id is not in the index (nothing is removed then).
+        """
+        import faiss
+
+        ids = [int(i) for i in ids]
+        positions = [self.position(i) for i in ids]  # all checked before anything changes
+        if self.kind == "hnsw":
+            id_map = faiss.vector_to_array(self.index.id_map)
+            wanted = set(ids)
+            dead = set(self.metadata["tombstones"])
+            self.metadata["tombstones"] = sorted(dead | {int(p) for p in np.flatnonzero(np.isin(id_map, list(wanted))) if p not in dead})
+        else:
+            removed = self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(ids, dtype=np.int64)))
+            if removed != len(set(ids)):
+                raise RuntimeError(f"faiss removed {removed} vectors for {len(set(ids))} ids; the index and index.json disagree")
+        drop = set(positions)
+        meta = self.metadata
+        for key in ("ids", *ITEM_FIELDS):
+            if meta.get(key) is not None:
+                meta[key] = [v for p, v in enumerate(meta[key]) if p not in drop]
+        meta["count"] = len(meta["ids"])
+        self._pos_cache = None
+        if self.kind == "hnsw" and len(meta["tombstones"]) >= HNSW_REBUILD_FRACTION * self.index.ntotal:
+            self.compact()
+
+    def update(self, ids: Sequence[int], embeddings: Any, *, labels: Optional[Sequence[int]] = None,
+               paths: Optional[Sequence[Optional[str]]] = None) -> None:
+        """Replace the embeddings (and, when given, labels/paths) of existing items, keeping their ids."""
+        ids = [int(i) for i in ids]
+        old = [self.position(i) for i in ids]
+        keep = {key: [self.metadata[key][p] for p in old] if self.metadata.get(key) is not None else None for key in ITEM_FIELDS}
+        x = _unit_rows(embeddings, "embeddings")
+        if x.shape[0] != len(ids):
+            raise ValueError(f"{x.shape[0]} embeddings for {len(ids)} ids; pass one per id")
+        fields = self._item_fields(len(ids), labels, paths)
+        self.remove(ids)
+        self.add(x, ids=ids, labels=fields["labels"] if fields["labels"] is not None else keep["labels"],
+                 paths=fields["paths"] if fields["paths"] is not None else keep["paths"])
+
+    def compact(self) -> None:
+        """HNSW: rebuild the graph from the live vectors (drops every tombstone). Other kinds: nothing to do."""
+        import faiss
+
+        if self.kind != "hnsw" or not self.metadata["tombstones"]:
+            return
+        id_map = faiss.vector_to_array(self.index.id_map)
+        dead = set(self.metadata["tombstones"])
+        live = np.array([p for p in range(self.index.ntotal) if p not in dead], dtype=np.int64)
+        vectors = np.stack([self.inner.reconstruct(int(p)) for p in live]) if live.size else np.zeros((0, self.dim), np.float32)
+        p = self.metadata["params"]
+        index = faiss.IndexIDMap2(_new_hnsw(self.dim, int(p["hnsw_m"]), int(p["ef_construction"])))
+        if live.size:
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), id_map[live])
+        self.index = index
+        self.metadata["tombstones"] = []
+        self._apply_search_params()
 
     # ------------------------------------------------------------------------------------ properties
     @property
@@ -189,7 +349,7 @@ class SearchIndex:
         return int(self.metadata["dim"])
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) - len(self.metadata.get("tombstones") or [])
 
     @property
     def labels(self) -> Optional[List[int]]:
@@ -205,6 +365,21 @@ class SearchIndex:
 
     def __repr__(self) -> str:
         return f"SearchIndex(kind={self.kind!r}, count={len(self)}, dim={self.dim})"
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The calibrated match threshold (``deepmetric calibrate``), or None when uncalibrated: a gallery
+        item is a match for a query when their cosine similarity is >= it."""
+        th = self.metadata.get("threshold")
+        return None if th is None else float(th["value"])
+
+    def set_threshold(self, threshold: Optional[Dict[str, Any]]) -> None:
+        """Store a calibrated threshold (``Threshold.to_dict()``: value plus how it was measured), or clear it."""
+        if threshold is not None:
+            value = threshold.get("value") if isinstance(threshold, dict) else None
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"a threshold needs a finite 'value', got {threshold!r}")
+        self.metadata["threshold"] = threshold
 
     # ---------------------------------------------------------------------------------------- search
     def search(self, queries: Any, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -224,7 +399,23 @@ class SearchIndex:
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]} but the index holds {self.dim}-dimensional embeddings; embed the queries with the index's model")
         k = min(int(k), len(self))
-        scores, ids = self.index.search(q, k)
+        if k == 0:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        dead = self.metadata.get("tombstones") or []
+        if dead:  # HNSW tombstones: filtered during the graph walk, on graph positions, then mapped to ids
+            import faiss
+
+            batch = faiss.IDSelectorBatch(np.asarray(dead, dtype=np.int64))  # named: must outlive the search
+            selector = faiss.IDSelectorNot(batch)
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(self.inner.hnsw.efSearch))
+            # faiss.contrib.torch_utils (imported by PML's utils.inference) replaces Index.search with a
+            # wrapper that takes no params; the original stays reachable as search_numpy.
+            search = getattr(self.inner, "search_numpy", self.inner.search)
+            scores, pos = search(q, k, params=params)
+            id_map = faiss.vector_to_array(self.index.id_map)
+            ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
+        else:
+            scores, ids = self.index.search(q, k)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)
 
@@ -237,6 +428,38 @@ class SearchIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(directory / INDEX_FILE))
+        self.metadata["faiss_file"] = INDEX_FILE
+        tmp = directory / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.metadata, indent=1))
+        os.replace(tmp, directory / META_FILE)
+        return directory
+
+    def commit(self, directory: str | os.PathLike) -> Path:
+        """Persist edits to an existing index folder atomically.
+
+        The faiss index goes to a NEW file ``index.<generation>.faiss``; then ``index.json``, which names
+        that file, replaces the old one in a single rename (the commit point); then the previous faiss file
+        is deleted. A crash at any point leaves a folder that loads as the old or the new index.
+        """
+        import faiss
+
+        directory = Path(directory)
+        old_file = self.metadata.get("faiss_file", INDEX_FILE)
+        gen = int(self.metadata.get("generation", 0)) + 1
+        new_file = f"index.{gen}.faiss"
+        faiss.write_index(self.index, str(directory / new_file))
+        self.metadata["generation"], self.metadata["faiss_file"] = gen, new_file
+        self.save_metadata(directory)
+        if old_file != new_file and (directory / old_file).exists():
+            (directory / old_file).unlink()
+        return directory
+
+    def save_metadata(self, directory: str | os.PathLike) -> Path:
+        """Rewrite only ``DIR/index.json`` (e.g. a new threshold), atomically: a temporary file then a rename."""
+        directory = Path(directory)
+        faiss_file = self.metadata.get("faiss_file", INDEX_FILE)
+        if not (directory / faiss_file).is_file():
+            raise SearchIndexError(f"{directory} holds no {faiss_file}; save the whole index with SearchIndex.save first")
         tmp = directory / (META_FILE + ".tmp")
         tmp.write_text(json.dumps(self.metadata, indent=1))
         os.replace(tmp, directory / META_FILE)
@@ -260,14 +483,16 @@ class SearchIndex:
         rebuild = "build it with `deepmetric index build --checkpoint CKPT --out DIR`"
         if not directory.is_dir():
             raise SearchIndexError(f"index folder {str(directory)!r} does not exist; {rebuild}")
-        meta_path, index_path = directory / META_FILE, directory / INDEX_FILE
-        for p in (meta_path, index_path):
-            if not p.is_file():
-                raise SearchIndexError(f"{str(directory)!r} is not a complete index: {p.name} is missing; {rebuild}")
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise SearchIndexError(f"{str(directory)!r} is not a complete index: {META_FILE} is missing; {rebuild}")
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SearchIndexError(f"{meta_path} is not readable JSON ({exc}); {rebuild}") from None
+        index_path = directory / str((meta if isinstance(meta, dict) else {}).get("faiss_file", INDEX_FILE))
+        if not index_path.is_file():
+            raise SearchIndexError(f"{str(directory)!r} is not a complete index: {index_path.name} is missing; {rebuild}")
         missing = [k for k in ("kind", "dim", "count") if k not in (meta if isinstance(meta, dict) else {})]
         if missing:
             raise SearchIndexError(f"{meta_path} lacks the field(s) {missing}; it was not written by SearchIndex.save. {rebuild.capitalize()}")
@@ -277,11 +502,14 @@ class SearchIndex:
             index = faiss.read_index(str(index_path))
         except RuntimeError as exc:
             raise SearchIndexError(f"{index_path} could not be read by faiss ({str(exc).splitlines()[0] if str(exc) else exc}); {rebuild}") from None
-        if index.d != meta["dim"] or index.ntotal != meta["count"]:
+        dead = len(meta.get("tombstones") or [])
+        if index.d != meta["dim"] or index.ntotal - dead != meta["count"]:
             raise SearchIndexError(
-                f"{directory}: {INDEX_FILE} holds {index.ntotal} vectors of dimension {index.d} but {META_FILE} says "
+                f"{directory}: {index_path.name} holds {index.ntotal - dead} vectors of dimension {index.d} but {META_FILE} says "
                 f"{meta['count']} of dimension {meta['dim']}; the two files come from different builds. {rebuild.capitalize()}"
             )
+        if "ids" not in meta:  # written before items had ids: rows 0..n-1, wrapped in an id map
+            index = _with_sequential_ids(index, meta)
         if expected_dim is not None and expected_dim != meta["dim"]:
             raise SearchIndexError(
                 f"{directory} holds {meta['dim']}-dimensional embeddings but the model produces {expected_dim}-dimensional "
@@ -346,6 +574,36 @@ def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0
     x = centres[ids] + (spread / math.sqrt(dim)) * rng.standard_normal((n, dim))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), ids.astype(np.int64)
+
+
+def _new_hnsw(d: int, m: int, ef_construction: int) -> Any:
+    import faiss
+
+    index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    return index
+
+
+def _with_sequential_ids(index: Any, meta: Dict[str, Any]) -> Any:
+    """An index saved before ids existed: its rows become items 0..n−1 (flat/HNSW under an IndexIDMap2)."""
+    import faiss
+
+    n = int(index.ntotal)
+    meta.update({"ids": list(range(n)), "next_id": n, "tombstones": []})
+    if meta["kind"] == "ivfpq":  # IVF lists already store the row numbers as ids
+        return index
+    # faiss refuses to wrap a non-empty index (ids unknown); ours are the rows, so the count is hidden for
+    # the constructor's check and the id map filled with 0..n−1 (no copy of the vectors or the graph)
+    index.ntotal = 0
+    try:
+        wrapped = faiss.IndexIDMap2(index)
+    finally:
+        index.ntotal = n
+    faiss.copy_array_to_vector(np.arange(n, dtype=np.int64), wrapped.id_map)
+    wrapped.ntotal = n
+    wrapped.construct_rev_map()
+    wrapped.referenced_objects = [index]  # faiss's idiom: the Python reference keeps the wrapped index alive
+    return wrapped
 
 
 __all__: Sequence[str] = ("SearchIndex", "SearchIndexError", "measured_recall", "clustered_vectors", "KINDS", "INDEX_FILE", "META_FILE")

@@ -20,7 +20,9 @@ against PML and faiss ``IndexFlatIP.search``: ``benchmarks/results/eval.md``.
 
 Ties: the result is deterministic (same inputs and ``block_size`` give the same output). Inside the
 returned rows equal similarities are ordered by lower gallery index first; which of several items tied
-exactly at the k-th place is kept is not specified.
+exactly at the k-th place is kept is not specified. The float32 products of one pair can differ in the
+last bit between tile shapes, so exact duplicates are not guaranteed to tie exactly here: callers that
+must treat ties fairly (the metrics) re-score the affected rows with :func:`exact_similarity_rows`.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["as_float32_matrix", "topk_search"]
+__all__ = ["as_float32_matrix", "exact_similarity_rows", "topk_search"]
 
 #: Gallery columns per similarity tile. A block_size × TILE tile (8 MiB at 4096 × 512) is pushed into
 #: the heaps and transposed while it is still in cache; whole 4096 × 4096 blocks (64 MiB) made the
@@ -37,6 +39,9 @@ __all__ = ["as_float32_matrix", "topk_search"]
 TILE = 512
 #: rows per chunk of the tile transpose (see ``_transpose_into``)
 _TRANSPOSE_CHUNK = 256
+#: float64 entries of one chunk of :func:`exact_similarity_rows` (16 MiB) and gallery rows per conversion tile
+_EXACT_CHUNK_ENTRIES = 1 << 21
+_EXACT_TILE = 8192
 
 
 def as_float32_matrix(x: Any, name: str) -> torch.Tensor:
@@ -251,3 +256,34 @@ def topk_search_with_self_map(
     """
     _check_k_and_block(k, block_size, gallery.shape[0] - int(bool((self_cols >= 0).any())), "the gallery")
     return _gallery_topk(queries, gallery, int(k), self_cols.to(torch.int64), int(block_size))
+
+
+def exact_similarity_rows(queries: torch.Tensor, gallery: torch.Tensor, *, self_cols: Optional[torch.Tensor] = None,
+                          max_entries: int = _EXACT_CHUNK_ENTRIES):
+    """Full similarity rows in float64, in chunks of queries (bounded memory): for re-scoring tied rows.
+
+    Every entry of a row comes from one float64 product of the float32 inputs, so exact duplicates in the
+    gallery get values equal to ~1e-16 (the blocked float32 search only guarantees ~1e-7).
+
+    Args:
+        queries: (nq, d) float32 CPU tensor that passed :func:`as_float32_matrix`.
+        gallery: (ng, d) float32 CPU tensor, same d.
+        self_cols: (nq,) int64, gallery index of each query (its entry becomes -inf) or -1; None = none.
+        max_entries: float64 entries per yielded chunk (rows = max(1, max_entries // ng)).
+
+    Yields:
+        ``(r0, r1, S)``: S is float64 (r1 - r0, ng), S[i, j] = <queries[r0 + i], gallery[j]>.
+    """
+    nq, ng = queries.shape[0], gallery.shape[0]
+    rows = max(1, int(max_entries) // max(ng, 1))
+    for r0 in range(0, nq, rows):
+        r1 = min(r0 + rows, nq)
+        q64 = queries[r0:r1].double()
+        s = torch.empty(r1 - r0, ng, dtype=torch.float64)
+        for j0 in range(0, ng, _EXACT_TILE):
+            s[:, j0 : j0 + _EXACT_TILE] = q64 @ gallery[j0 : j0 + _EXACT_TILE].double().t()
+        if self_cols is not None:
+            own = self_cols[r0:r1]
+            hit = (own >= 0).nonzero().flatten()
+            s[hit, own[hit]] = float("-inf")
+        yield r0, r1, s

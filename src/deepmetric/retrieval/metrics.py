@@ -14,6 +14,31 @@ Conventions (identical to pytorch-metric-learning 2.9 ``AccuracyCalculator``, ch
 * Queries with R = 0 cannot retrieve anything relevant; like PML's "lone query labels" they are left out
   of EVERY retrieval metric (PML skips them for precision@1, MAP@R and R-precision; we do the same for
   Recall@K so all numbers are averages over the same queries).
+
+Ties (SPEC.md §7). Datasets store items sorted by class, so ordering equal similarities by storage
+position would reward a collapsed model (all-identical embeddings scored MAP@R 0.87 that way). Every
+number here is instead the EXACT EXPECTATION over a uniformly random order of tied items:
+
+* Similarities within :data:`TIE_TOLERANCE` of each other (chained: sorted values whose consecutive gaps
+  are all <= the tolerance) form one tie group; a group of m items holding t relevant ones occupies a
+  block of ranks whose relevant slots are a uniformly random t-subset of its m slots.
+* With p = t/m and q = t(t−1)/(m(m−1)) for the group of rank i, o = i's offset in its group (1-based) and
+  B = relevant items in the groups before it: E[rel(i)] = p and E[rel(i)·Σ_{j<=i} rel(j)] =
+  p·(1 + B) + (o − 1)·q, which gives R-precision and MAP@R term by term; Recall@K = 1 when B > 0 at rank K,
+  else 1 − C(m−t, o)/C(m, o) (no relevant item among the o slots the group gets before K).
+* The blocked float32 search may give two equal pairs values that differ in the last bit, so the
+  similarities of each query's top k are recomputed in float64 and re-sorted before grouping. The group
+  that straddles the last searched rank is counted over the WHOLE gallery (its members beyond the top k
+  included): rows whose float32 k-th and (k+1)-th values are closer than :data:`_NEAR_TIE_GAP` are
+  re-scored in float64 against the whole gallery
+  (:func:`~deepmetric.retrieval.knn.exact_similarity_rows`). Rows without ties get the numbers of the
+  plain sorted order (PML agreement holds).
+* Weighted kNN accuracy: the items tied at the k-th place share the remaining vote slots (each of the m
+  votes with weight w·j/m for the j slots left: the expected vote), and a query whose top classes tie
+  counts 1/(number of tied classes) if its class is among them (the expected accuracy of a random pick).
+* NMI: k-means assigns a point by its coordinates only (nearest centroid; faiss breaks a centroid tie by
+  the lower centroid id, which no label decides), so duplicates share a cluster and a collapsed
+  embedding scores NMI 0 whatever the order.
 """
 from __future__ import annotations
 
@@ -23,14 +48,24 @@ import numpy as np
 import torch
 
 from deepmetric.functional.similarity import l2_normalize
-from deepmetric.retrieval.knn import as_float32_matrix, topk_search, topk_search_with_self_map
+from deepmetric.retrieval.knn import (as_float32_matrix, exact_similarity_rows, topk_search,
+                                      topk_search_with_self_map)
 
-__all__ = ["retrieval_metrics", "knn_accuracy", "nmi_score", "kmeans_assign", "KMEANS_NITER"]
+__all__ = ["retrieval_metrics", "knn_accuracy", "nmi_score", "kmeans_assign", "KMEANS_NITER", "TIE_TOLERANCE"]
 
 #: k-means iterations for NMI/AMI (faiss's and PML's default: 20). Documented and fixed so numbers repeat.
 KMEANS_NITER = 20
 #: entries of the dense (queries × classes) vote table of knn_accuracy per chunk (~32 MiB of float64)
 _VOTE_TABLE_ENTRIES = 1 << 22
+#: cosine similarities closer than this are ties (float64, on the L2-normalised float32 embeddings): two
+#: float32 units in the last place at 1.0 (2^-22), which float32 embeddings cannot resolve, so duplicates
+#: embedded in different batches (equal up to float32 rounding) tie
+TIE_TOLERANCE = 2.0 ** -22
+#: float32 gaps at most this large send a row to the float64 re-scoring: TIE_TOLERANCE plus twice the
+#: float32 error of a similarity (measured at most 1.1e-7 = one float32 ulp at 1.0 for d = 512), doubled
+_NEAR_TIE_GAP = 1e-6
+#: relative difference under which two classes' kNN votes are tied
+_VOTE_TIE_RTOL = 1e-9
 
 
 # ------------------------------------------------------------------------------------------ boundary
@@ -126,6 +161,133 @@ def nmi_score(embeddings: Any, labels: Any, *, seed: int = 0) -> float:
     return _cluster_scores(x, y, seed=seed, ami=False)["nmi"]
 
 
+# ------------------------------------------------------------------------------------------ ties
+
+
+def _near_tie_rows(sims: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows of a float32 top-(k+1) table whose k-th and (k+1)-th values are closer than _NEAR_TIE_GAP
+    (the k-th place may tie with items past it); none when only k neighbours exist."""
+    if sims.shape[1] <= k:
+        return torch.zeros(0, dtype=torch.int64)
+    return ((sims[:, k - 1] - sims[:, k]) <= _NEAR_TIE_GAP).nonzero().flatten()
+
+
+def _float64_resorted(xq: torch.Tensor, xg: torch.Tensor, rows: torch.Tensor, nn: torch.Tensor):
+    """Similarities of each row's neighbours recomputed in float64 and re-sorted (descending), in chunks.
+
+    Returns ``(vals, nn)``, (N, k) float64 and int64. With the k-th place untied (gap above
+    _NEAR_TIE_GAP) the top-k SET is exact; this makes its order and its ties exact too.
+    """
+    n_rows, k = nn.shape
+    vals = torch.empty(n_rows, k, dtype=torch.float64)
+    chunk = max(1, (1 << 21) // max(1, k * xq.shape[1]))
+    for a in range(0, n_rows, chunk):
+        q = xq[rows[a : a + chunk]].double()[:, :, None]
+        vals[a : a + chunk] = torch.bmm(xg[nn[a : a + chunk]].double(), q)[:, :, 0]
+    vals, order = vals.sort(dim=1, descending=True, stable=True)
+    return vals, nn.gather(1, order)
+
+
+def _group_starts(vals: torch.Tensor) -> torch.Tensor:
+    """(N, k) bool: rank i opens a new tie group (its gap to rank i-1 exceeds TIE_TOLERANCE)."""
+    start = torch.ones_like(vals, dtype=torch.bool)
+    start[:, 1:] = (vals[:, :-1] - vals[:, 1:]) > TIE_TOLERANCE
+    return start
+
+
+def _rescored(q: torch.Tensor, g: torch.Tensor, self_cols: Optional[torch.Tensor], k: int):
+    """Float64 re-scoring of possibly tied rows against the whole gallery, in bounded chunks.
+
+    Yields ``(a, b, s, top, top_idx, members, hi)`` for query rows a..b: their float64 similarities to the
+    whole gallery s (b−a, ng) (own entry −inf), the k largest (descending) and their gallery indices,
+    ``members`` (b−a, ng) bool, the gallery items of the tie group that holds the k-th place, counted over
+    the whole gallery (chained down past rank k), and ``hi`` (b−a, 1), that group's largest similarity
+    (items above it are the earlier groups, all inside the top k).
+    """
+    for a, b, s in exact_similarity_rows(q, g, self_cols=self_cols):
+        top, top_idx = torch.topk(s, k, dim=1)
+        start = _group_starts(top)
+        last_open = torch.cummax(torch.where(start, torch.arange(k), 0), dim=1).values[:, -1]
+        hi = top.gather(1, last_open[:, None])  # top of the group at rank k
+        lo = top[:, -1:].clone()
+        while True:  # chain the group down: members within TIE_TOLERANCE of its current lowest value
+            below = (s < lo) & (s >= lo - TIE_TOLERANCE)
+            grow = below.any(dim=1)
+            if not bool(grow.any()):
+                break
+            lo = torch.where(grow[:, None], torch.where(below, s, lo).min(dim=1, keepdim=True).values, lo)
+        yield a, b, s, top, top_idx, (s >= lo) & (s <= hi), hi
+
+
+def _expected_retrieval(vals: torch.Tensor, rel: torch.Tensor, r: torch.Tensor, m_last: torch.Tensor,
+                        t_last: torch.Tensor, ks: Tuple[int, ...]) -> Dict[str, float]:
+    """Expected Recall@K, precision@1, MAP@R, R-precision over uniformly random orders of tied items.
+
+    Args:
+        vals: (N, k) float64 similarities, descending per row (k >= max(ks) and k >= R).
+        rel: (N, k) bool, rank i's item has the query's class.
+        r: (N,) float64 R of each query (>= 1).
+        m_last, t_last: (N,) size and relevant count of the tie group at rank k over the WHOLE gallery;
+            NaN where it has no member past rank k (then the top-k counts are used).
+    See the module docstring for the formulas. Rows without any tie take the plain formulas (the same
+    numbers, fewer operations: they are nearly all rows of real embeddings).
+    """
+    start = _group_starts(vals)
+    grouped = (~start.all(dim=1)) | ~torch.isnan(m_last)
+    plain = ~grouped
+    sums = _per_query_plain(rel[plain], r[plain], ks) if bool(plain.any()) else {}
+    if bool(grouped.any()):
+        g = _per_query_grouped(start[grouped], rel[grouped], r[grouped], m_last[grouped], t_last[grouped], ks)
+        sums = {key: sums.get(key, 0.0) + g[key] for key in g}
+    return {key: value / rel.shape[0] for key, value in sums.items()}
+
+
+def _per_query_plain(rel: torch.Tensor, r: torch.Tensor, ks: Tuple[int, ...]) -> Dict[str, float]:
+    """Sums over rows WITHOUT ties of the metrics of their one order (SPEC.md §7 as written)."""
+    k = rel.shape[1]
+    out = {f"recall@{kk}": float(rel[:, :kk].any(dim=1).double().sum()) for kk in ks}
+    out["precision@1"] = float(rel[:, 0].double().sum())
+    rank = torch.arange(1, k + 1, dtype=torch.float64)
+    rel_r = (rel & (rank[None, :] <= r[:, None])).double()  # only the first R neighbours count
+    out["map@r"] = float(((rel_r.cumsum(dim=1) / rank * rel_r).sum(dim=1) / r).sum())
+    out["r_precision"] = float((rel_r.sum(dim=1) / r).sum())
+    return out
+
+
+def _per_query_grouped(start: torch.Tensor, rel: torch.Tensor, r: torch.Tensor, m_last: torch.Tensor,
+                       t_last: torch.Tensor, ks: Tuple[int, ...]) -> Dict[str, float]:
+    """Sums over rows WITH ties of the expected metrics (module docstring); ``start`` from _group_starts."""
+    n_rows, k = rel.shape
+    ranks = torch.arange(k)
+    ones = torch.ones(n_rows, k, dtype=torch.float64)
+    gid = start.long().cumsum(dim=1) - 1
+    m = torch.zeros(n_rows, k, dtype=torch.float64).scatter_add_(1, gid, ones).gather(1, gid)
+    t = torch.zeros(n_rows, k, dtype=torch.float64).scatter_add_(1, gid, rel.double()).gather(1, gid)
+    last = (gid == gid[:, -1:]) & ~torch.isnan(m_last)[:, None]
+    m = torch.where(last, m_last[:, None], m)
+    t = torch.where(last, t_last[:, None], t)
+    p = t / m
+    q = torch.where(m > 1, t * (t - 1) / (m * (m - 1)).clamp_min(1), torch.zeros_like(m))
+    first = torch.cummax(torch.where(start, ranks, 0), dim=1).values  # rank where i's group opens
+    offset = (ranks - first + 1).double()  # o, 1-based
+    before = (rel.double().cumsum(dim=1) - rel.double()).gather(1, first)  # B: relevant in earlier groups
+
+    out: Dict[str, float] = {}
+    for kk in ks:
+        i = kk - 1
+        mm, tt, j = m[:, i], t[:, i], offset[:, i]
+        free = mm - tt  # irrelevant members of the group: all o slots must come from them for a miss
+        log_miss = (torch.lgamma(free + 1) - torch.lgamma((free - j).clamp_min(0) + 1)
+                    - torch.lgamma(mm + 1) + torch.lgamma(mm - j + 1))
+        miss = torch.where(free >= j, log_miss.exp(), torch.zeros_like(mm))
+        out[f"recall@{kk}"] = float(torch.where(before[:, i] > 0, torch.ones_like(mm), 1 - miss).sum())
+    out["precision@1"] = float(p[:, 0].sum())
+    rank1 = (ranks + 1).double()
+    within = (rank1[None, :] <= r[:, None]).double()  # only the first R ranks count
+    out["map@r"] = float((((p * (1 + before) + (offset - 1) * q) / rank1 * within).sum(dim=1) / r).sum())
+    out["r_precision"] = float(((p * within).sum(dim=1) / r).sum())
+    return out
+
 # ------------------------------------------------------------------------------------------ retrieval
 
 
@@ -165,8 +327,9 @@ def retrieval_metrics(
 
     Returns:
         ``{"recall@K" for K in ks, "precision@1", "map@r", "r_precision", "nmi"?, "ami"?}`` as floats.
-        Retrieval numbers average over queries with R >= 1 (see module docstring). The number of
-        neighbours searched is ``max(max(ks), largest R)``: exactly enough for MAP@R and R-precision.
+        Retrieval numbers average over queries with R >= 1 and are expectations over the order of tied
+        items (see module docstring). The number of neighbours searched is ``max(max(ks), largest R) + 1``:
+        enough for MAP@R and R-precision, plus one to see whether the last place is tied.
 
     Raises:
         ValueError: shape mismatch, NaN/inf embeddings, bad masks, empty query or gallery set, K larger
@@ -201,27 +364,41 @@ def retrieval_metrics(
         raise ValueError(f"ks={ks} asks for {ks[-1]} neighbours but the gallery offers only {available} "
                          "per query; drop the large K")
     k = max(ks[-1], int(r.max()))  # r.max() <= available always
+    k_search = min(k + 1, available)  # one more: is the k-th place tied with what follows?
+    xq = x[q_idx]
+    xg = xq if same_set else x[g_idx]
     if same_set:
-        _, nn = topk_search(x[q_idx], None, k=k, exclude_self=True, block_size=block_size)
+        self_cols = torch.arange(nq)
+        sims, nn = topk_search(xq, None, k=k_search, exclude_self=True, block_size=block_size)
     elif not bool(q_in_gallery.any()):
-        _, nn = topk_search(x[q_idx], x[g_idx], k=k, exclude_self=False, block_size=block_size)
+        self_cols = None
+        sims, nn = topk_search(xq, xg, k=k_search, exclude_self=False, block_size=block_size)
     else:  # partial overlap: each query's own gallery position, -1 if it is not in the gallery
         pos = torch.full((n,), -1, dtype=torch.int64)
         pos[g_idx] = torch.arange(ng)
-        _, nn = topk_search_with_self_map(x[q_idx], x[g_idx], k=k, self_cols=pos[q_idx], block_size=block_size)
+        self_cols = pos[q_idx]
+        sims, nn = topk_search_with_self_map(xq, xg, k=k_search, self_cols=self_cols, block_size=block_size)
 
-    rel = cls[g_idx][nn] == cls[q_idx][:, None]  # (nq, k) rel(i)
-    rel, r = rel[scored], r[scored]
-    out: Dict[str, float] = {}
-    for kk in ks:
-        out[f"recall@{kk}"] = float(rel[:, :kk].any(dim=1).double().mean())
-    out["precision@1"] = float(rel[:, 0].double().mean())
-    rank = torch.arange(1, k + 1, dtype=torch.float64)
-    rel_r = (rel & (rank[None, :] <= r[:, None])).double()  # only the first R neighbours count
-    precision_at_i = rel_r.cumsum(dim=1) / rank
-    rd = r.double()
-    out["map@r"] = float(((precision_at_i * rel_r).sum(dim=1) / rd).mean())
-    out["r_precision"] = float((rel_r.sum(dim=1) / rd).mean())
+    cls_q, cls_g = cls[q_idx], cls[g_idx]
+    rows = scored.nonzero().flatten()
+    vals, nn_k = sims[rows, :k].double(), nn[rows, :k]
+    close = ((sims[rows, :-1] - sims[rows, 1:]) <= _NEAR_TIE_GAP).any(dim=1).nonzero().flatten()
+    if close.numel():  # equal pairs may differ in the last float32 bit: their top k in float64, re-sorted
+        vals[close], nn_k[close] = _float64_resorted(xq, xg, rows[close], nn_k[close])
+    rel = cls_g[nn_k] == cls_q[rows][:, None]
+    m_last = torch.full((rows.numel(),), float("nan"), dtype=torch.float64)  # NaN: no member past rank k
+    t_last = m_last.clone()
+    tied = _near_tie_rows(sims[rows], k)  # the k-th place may tie with items past k
+    if tied.numel():
+        cols = None if self_cols is None else self_cols[rows[tied]]
+        for a, b, _, top, top_idx, members, _ in _rescored(xq[rows[tied]], xg, cols, k):
+            sel = tied[a:b]
+            same = cls_g[None, :] == cls_q[rows[sel]][:, None]
+            vals[sel] = top
+            rel[sel] = cls_g[top_idx] == cls_q[rows[sel]][:, None]
+            m_last[sel] = members.sum(dim=1).double()
+            t_last[sel] = (members & same).sum(dim=1).double()
+    out = _expected_retrieval(vals, rel, r[scored].double(), m_last, t_last, ks)
     if nmi or ami:
         scores = _cluster_scores(x[q_idx], y[q_idx], seed=seed, ami=ami)
         out.update(scores if nmi else {"ami": scores["ami"]})
@@ -245,7 +422,9 @@ def knn_accuracy(
     """Top-1 accuracy of the weighted kNN classifier (Wu et al. CVPR 2018 §3.4; Ye et al. CVPR 2019 §4.1).
 
     Each test item's k most similar training items (cosine s_i) vote for their class c_i with weight
-    w_i = exp(s_i / τ); the prediction is argmax_c Σ_{i: c_i = c} w_i (ties: the lower class id).
+    w_i = exp(s_i / τ); the prediction is argmax_c Σ_{i: c_i = c} w_i. Ties (module docstring): the m items
+    tied at the k-th place share its j remaining slots (each votes w_i·j/m, the expected vote over tie
+    orders), and a query whose top classes tie scores 1/(number tied) when its class is among them.
 
     Args:
         train_emb: (n_train, d) memory bank embeddings; L2-normalised here.
@@ -260,7 +439,7 @@ def knn_accuracy(
             classes than the evaluated one.
 
     Returns:
-        Fraction of test items whose predicted class equals their label, in [0, 1].
+        Expected fraction of test items whose predicted class equals their label, in [0, 1].
     """
     if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0 (paper: 0.1), got {temperature!r}")
@@ -273,18 +452,50 @@ def knn_accuracy(
     if exclude_self:
         if train.shape != test.shape or not torch.equal(y_train, y_test):
             raise ValueError("exclude_self=True needs the memory to be the test set itself (same embeddings and labels)")
-        sims, nn = topk_search(test, k=min(k, test.shape[0] - 1), block_size=block_size)
+        k = min(k, test.shape[0] - 1)
+        available, self_cols = test.shape[0] - 1, torch.arange(test.shape[0])
+        sims, nn = topk_search(test, k=min(k + 1, available), block_size=block_size)
     else:
-        sims, nn = topk_search(test, train, k=k, block_size=block_size)
-    classes, cls_train = torch.unique(y_train, return_inverse=True)  # sorted: argmax ties -> lower id
-    votes_for = cls_train[nn]  # (n_test, k)
-    weights = torch.exp(sims.double() / temperature)
-    n_cls = classes.numel()
-    correct = 0
+        available, self_cols = train.shape[0], None
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 1 <= k <= available:
+            sims, nn = topk_search(test, train, k=min(k + 1, available), block_size=block_size)
+        else:
+            sims, nn = topk_search(test, train, k=k, block_size=block_size)  # raises the k error
+    k = int(k)
+    classes, cls_train = torch.unique(y_train, return_inverse=True)
+    n_cls, n_test = classes.numel(), test.shape[0]
+    # each test label's column in the vote table (-1: a class the memory does not hold, never right)
+    col = torch.searchsorted(classes, y_test).clamp_max(n_cls - 1)
+    truth = torch.where(classes[col] == y_test, col, torch.full_like(col, -1))
+    tied = _near_tie_rows(sims, k)
+    untied = torch.ones(n_test, dtype=torch.bool)
+    untied[tied] = False
+    credit = 0.0
     chunk = max(1, _VOTE_TABLE_ENTRIES // n_cls)  # bounded memory even with 11k classes
-    for a in range(0, test.shape[0], chunk):
-        votes = torch.zeros(min(chunk, test.shape[0] - a), n_cls, dtype=torch.float64)
-        votes.scatter_add_(1, votes_for[a : a + chunk], weights[a : a + chunk])
-        pred = classes[votes.argmax(dim=1)]
-        correct += int((pred == y_test[a : a + chunk]).sum())
-    return correct / test.shape[0]
+    for a in range(0, n_test, chunk):
+        rows = untied[a : a + chunk].nonzero().flatten() + a
+        votes = torch.zeros(rows.numel(), n_cls, dtype=torch.float64)
+        votes.scatter_add_(1, cls_train[nn[rows, :k]], torch.exp(sims[rows, :k].double() / temperature))
+        credit += _vote_credit(votes, truth[rows])
+    if tied.numel():
+        memory = test if exclude_self else train
+        cols = None if self_cols is None else self_cols[tied]
+        # the items tied at the k-th place share its remaining slots: each votes with w * (slots / members)
+        for a, b, s64, _, _, members, hi in _rescored(test[tied], memory, cols, k):
+            w = torch.exp(s64 / temperature)
+            above = s64 > hi  # the groups before the one at rank k: all of them vote
+            share = (k - above.sum(dim=1, keepdim=True)).double() / members.sum(dim=1, keepdim=True).double()
+            weight = torch.where(above, w, torch.zeros_like(w)) + torch.where(members, w * share, torch.zeros_like(w))
+            votes = torch.zeros(b - a, n_cls, dtype=torch.float64).index_add_(1, cls_train, weight)
+            credit += _vote_credit(votes, truth[tied[a:b]])
+    return credit / n_test
+
+
+def _vote_credit(votes: torch.Tensor, truth: torch.Tensor) -> float:
+    """Sum over rows of the expected correctness of argmax(votes) with ties broken uniformly at random."""
+    if votes.shape[0] == 0:
+        return 0.0
+    best = votes.max(dim=1, keepdim=True).values
+    top = votes >= best * (1 - _VOTE_TIE_RTOL)
+    hit = top.gather(1, truth.clamp_min(0)[:, None])[:, 0] & (truth >= 0)
+    return float((hit.double() / top.sum(dim=1).double()).sum())

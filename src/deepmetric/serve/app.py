@@ -3,10 +3,13 @@
 Routes:
     GET  /             a self-contained web page (HTML + vanilla JS, no CDN): upload or pick an image,
                        see the top-k gallery items with scores and correct/incorrect marks.
-    GET  /health       liveness and what is served (item count, dimension, index kind).
+    GET  /health       liveness and what is served (item count, dimension, index kind, match threshold).
     GET  /info         what the page needs: classes, a few example gallery items, limits.
     POST /search?k=10  an image (multipart field ``file``, or the raw bytes as the body) -> JSON neighbours
-                       ``{"k", "query", "results": [{rank, id, score, label, class_name, name, thumbnail_url}]}``.
+                       ``{"k", "query", "threshold", "match", "results": [{rank, id, score, match, label,
+                       class_name, name, thumbnail_url}]}``. With a calibrated index (``deepmetric
+                       calibrate``) ``threshold`` is the cosine similarity a match needs and ``match`` says
+                       whether the best result reaches it ("no match" when false); both null otherwise.
     GET  /items/{id}   the thumbnail of indexed item ``id``.
 
 Safety: an item is addressed only by its integer row in the index metadata, never by a path, so only
@@ -26,8 +29,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+
+from deepmetric.data.base import oriented
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: Room for the multipart envelope (boundaries, part headers) on top of the image-size limit.
@@ -66,8 +71,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if width == 0 or height == 0:
         raise ApiError(400, f"image has no pixels ({width}×{height})")
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        image = oriented(image)  # the datasets' decoding: first frame, EXIF orientation
     except Exception as exc:  # noqa: BLE001 - decoders raise many types for damaged data
         raise ApiError(400, f"the image data is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
     return image
@@ -125,7 +129,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Dict[str, Any]:
-        return {"status": "ok", "items": n_items, "dim": searcher.index.dim, "kind": searcher.index.kind}
+        return {"status": "ok", "items": n_items, "dim": searcher.index.dim, "kind": searcher.index.kind,
+                "threshold": searcher.index.threshold}
 
     @app.get("/info")
     async def info() -> Dict[str, Any]:
@@ -142,6 +147,7 @@ def create_app(
             "default_k": default_k,
             "max_upload_bytes": max_upload_bytes,
             "max_image_pixels": max_image_pixels,
+            "threshold": meta.get("threshold"),  # value + how it was calibrated, or null
         }
 
     @app.post("/search")
@@ -162,7 +168,9 @@ def create_app(
             results = searcher.search([image], k)[0]
             for r in results:
                 r["thumbnail_url"] = f"/items/{r['id']}"
-            return {"k": k, "query": query, "results": results}
+            t = searcher.index.threshold
+            matched = None if t is None else bool(results and results[0]["match"])
+            return {"k": k, "query": query, "threshold": t, "match": matched, "results": results}
 
         return await run_in_threadpool(work)
 
@@ -176,7 +184,7 @@ def create_app(
             raise ApiError(404, f"no item {i}; the index holds items 0..{n_items - 1}")
         try:
             content, media_type = await run_in_threadpool(searcher.thumbnail, i)
-        except FileNotFoundError as exc:
+        except OSError as exc:  # missing or no longer decodable since indexing (FileNotFoundError included)
             raise ApiError(404, str(exc)) from None
         return Response(content, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
 

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -82,37 +83,21 @@ def image_mode(in_chans: int) -> str:
 # ---------------------------------------------------------------------------------------- the gallery
 
 
-class ImageDirGallery(Dataset):
-    """Every image file under ``root`` (sorted, recursive). An image inside a first-level sub-folder is
-    labelled with that folder's name (class folders); an image directly in ``root`` has label −1 (unknown).
+#: label of an item whose file cannot be decoded; such items are dropped after embedding, never indexed
+UNREADABLE = -2
 
-    Files that PIL cannot identify are skipped with one warning that lists them.
+
+class GalleryFiles(Dataset):
+    """Gallery image files with their labels, read with the one loader (:func:`deepmetric.data.base.load_image`).
+
+    Unlike a training dataset, an unreadable file is never replaced by another image (that would index a
+    copy's embedding under this file's name): it yields a blank image and the label :data:`UNREADABLE`,
+    and :func:`build_index_from_checkpoint` leaves it out of the index with one warning listing them all.
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Optional[Callable], mode: str) -> None:
-        from deepmetric.data.base import IMAGE_EXTENSIONS
-
-        self.root = Path(root).expanduser().resolve()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist; pass a folder of images (optionally in class sub-folders)")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
-        good, bad = [], []
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    im.verify()  # header and structure only; cheap
-                good.append(p)
-            except Exception as exc:  # noqa: BLE001 - any decoder error means "not usable"
-                bad.append(f"{p} ({type(exc).__name__})")
-        if bad:
-            warnings.warn(f"skipped {len(bad)} unreadable image file(s) under {self.root}: {', '.join(bad[:10])}{' …' if len(bad) > 10 else ''}", stacklevel=2)
-        if not good:
-            raise FileNotFoundError(f"no readable image files under {str(self.root)!r} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
-        folders = [p.relative_to(self.root).parts[0] if len(p.relative_to(self.root).parts) > 1 else None for p in good]
-        self.class_names: List[str] = sorted({f for f in folders if f is not None})
-        index = {c: i for i, c in enumerate(self.class_names)}
-        self.paths = good
-        self.labels = [index[f] if f is not None else -1 for f in folders]
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int], transform: Optional[Callable], mode: str) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.labels = [int(v) for v in labels]
         self.transform = transform
         self.mode = mode
 
@@ -122,10 +107,41 @@ class ImageDirGallery(Dataset):
     def __getitem__(self, i: int):
         from deepmetric.data.base import load_image
 
-        image: Any = load_image(self.paths[i], self.mode)
+        label = self.labels[i]
+        try:
+            image: Any = load_image(self.paths[i], self.mode)
+        except Exception:  # noqa: BLE001 - missing, empty, truncated, not an image: all "leave it out"
+            image, label = Image.new(self.mode, (THUMBNAIL_SIDE, THUMBNAIL_SIDE)), UNREADABLE
         if self.transform is not None:
             image = self.transform(image)
-        return image, self.labels[i]
+        return image, label
+
+
+class ImageDirGallery(GalleryFiles):
+    """Every image file under ``root`` (sorted, recursive). An image inside a first-level sub-folder is
+    labelled with that folder's name (class folders); an image directly in ``root`` has label −1 (unknown).
+
+    Files that cannot be decoded get the label :data:`UNREADABLE` (see :class:`GalleryFiles`).
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Optional[Callable], mode: str) -> None:
+        from deepmetric.data.base import IMAGE_EXTENSIONS
+
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist; pass a folder of images (optionally in class sub-folders)")
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        if not files:
+            raise FileNotFoundError(f"no image files under {str(self.root)!r} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
+        folders = [p.relative_to(self.root).parts[0] if len(p.relative_to(self.root).parts) > 1 else None for p in files]
+        self.class_names: List[str] = sorted({f for f in folders if f is not None})
+        index = {c: i for i, c in enumerate(self.class_names)}
+        super().__init__(files, [index[f] if f is not None else -1 for f in folders], transform, mode)
+
+
+def dataset_labels(dataset: Any) -> List[int]:
+    """The label of each item of a dataset adapter (or a class subset of one), without reading images."""
+    return [int(v) for v in np.asarray(dataset.labels).tolist()]
 
 
 def dataset_paths(dataset: Any) -> Optional[List[str]]:
@@ -151,6 +167,21 @@ def _prepare_out(out: Path) -> None:
             elif p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _drop_unreadable(emb: torch.Tensor, labels: torch.Tensor, paths: List[str]):
+    """Leave the items whose file could not be decoded out of the gallery, with ONE warning listing them."""
+    bad = labels == UNREADABLE
+    if not bool(bad.any()):
+        return emb, labels, paths
+    bad_paths = [p for p, b in zip(paths, bad.tolist()) if b]
+    if bool(bad.all()):
+        raise ValueError(f"none of the {len(paths)} gallery image files could be decoded (first: {bad_paths[0]}); "
+                         "check the files and the dataset root")
+    shown = ", ".join(bad_paths[:20]) + (f" … ({len(bad_paths) - 20} more)" if len(bad_paths) > 20 else "")
+    warnings.warn(f"skipped {len(bad_paths)} unreadable image file(s) (left out of the index): {shown}", stacklevel=3)
+    keep = ~bad
+    return emb[keep], labels[keep], [p for p, b in zip(paths, bad.tolist()) if not b]
 
 
 @torch.no_grad()
@@ -209,9 +240,13 @@ def build_index_from_checkpoint(
             raw = build_dataset(cfg, split, train=False, transform=None)  # PIL images, saved as thumbnails
         class_names = [str(c) for c in getattr(gallery, "class_names", [])]
         source = {"dataset": cfg.data.dataset, "split": split}
+        if paths is not None:  # files: read them here, so that an unreadable one is left out, not replaced
+            gallery = GalleryFiles(paths, dataset_labels(gallery), transform, mode)
     out = Path(out)
     _prepare_out(out)
     emb, labels = embed(model, eval_loader(gallery, cfg, DistContext(device=dev)), device=dev)
+    if paths is not None:
+        emb, labels, paths = _drop_unreadable(emb, labels, paths)
     if raw is not None:
         (out / THUMBS_DIR).mkdir()
         for i in range(len(raw)):
@@ -294,12 +329,16 @@ class IndexSearcher:
         }
 
     def search(self, images: Sequence[Image.Image], k: int) -> List[List[Dict[str, Any]]]:
-        """For each image, its top-k gallery items (``item`` fields plus ``rank`` and cosine ``score``), best first."""
+        """For each image, its top-k gallery items (``item`` fields plus ``rank``, cosine ``score`` and
+        ``match``), best first. ``match`` is ``score >= threshold`` when the index is calibrated
+        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match."""
         if not images:
             return []
         scores, ids = self.index.search(self.embed_images(images), k)
+        t = self.index.threshold
         return [
-            [{"rank": r + 1, "score": float(s), **self.item(int(i))} for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
+            [{"rank": r + 1, "score": float(s), "match": None if t is None else bool(s >= t), **self.item(int(i))}
+             for r, (s, i) in enumerate(zip(srow, irow)) if i >= 0]
             for srow, irow in zip(scores, ids)
         ]
 
@@ -309,6 +348,7 @@ class IndexSearcher:
         Raises:
             IndexError: ``i`` is not an item of the index.
             FileNotFoundError: the gallery file has gone missing since the index was built.
+            OSError: the gallery file can no longer be decoded.
         """
         if not 0 <= i < len(self):
             raise IndexError(f"item {i} does not exist; the index holds items 0..{len(self) - 1}")
@@ -322,7 +362,11 @@ class IndexSearcher:
         path = Path(self.index.metadata["paths"][i])
         if not path.is_file():
             raise FileNotFoundError(f"gallery file {path} of item {i} is missing; rebuild the index or restore the file")
-        image = load_image(path, "RGB")
+        try:
+            image = load_image(path, "RGB")
+        except Exception as exc:  # noqa: BLE001 - the file was replaced or damaged after indexing
+            raise OSError(f"gallery file {path} of item {i} can no longer be decoded ({type(exc).__name__}); "
+                          "restore the file or rebuild the index") from None
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=85)

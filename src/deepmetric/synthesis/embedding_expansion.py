@@ -1,9 +1,8 @@
 """Embedding Expansion (Ko & Gu, CVPR 2020; SPEC.md §2), and the traced batch that synthesisers of this
 family return (where each synthetic row came from).
 
-The geometry is :func:`deepmetric.functional.geometry.chord_points`; the hard-negative-pair mining is
-:func:`deepmetric.functional.geometry.ee_hard_mining`, applied by
-:class:`deepmetric.losses.synthesis_loss.SynthesisLoss`.
+The geometry is :func:`deepmetric.functional.geometry.chord_points`; the released loss, with its
+hard-negative-pair mining, is :class:`deepmetric.losses.hphn_triplet.HPHNTripletLoss`.
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from deepmetric.functional.geometry import chord_points, ee_hard_mining, same_class_pairs
+from deepmetric.functional.geometry import chord_points, disjoint_class_pairs, same_class_pairs
 from deepmetric.functional.similarity import l2_normalize
 from deepmetric.registry import SYNTHESISERS
 from deepmetric.synthesis.base import SynthBatch
@@ -74,39 +73,44 @@ def compute_dtype(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+PAIRINGS = ("disjoint", "all")
+
+
 @SYNTHESISERS.register("embedding_expansion")
 class EmbeddingExpansion(nn.Module):
-    """Embedding Expansion (Ko & Gu, CVPR 2020, Eq. 1; SPEC §2): points on the chord of each positive pair.
+    """Embedding Expansion (Ko & Gu, CVPR 2020, Eq. 1; SPEC §2): points on the chord of same-class pairs.
 
-    For every unordered same-class pair {x_i, x_j} of the batch (found from the labels, never from row
-    positions) the n points x̄_k = (k·x_j + (n+1−k)·x_i)/(n+1), k = 1..n, are L2-normalised and labelled
-    with the class (x_i, x_j are L2-normalised first). S = n × (number of same-class pairs) rows, pair by
-    pair in row order of (i, j), i < j, then k. Gradients flow through the synthetic points to both
-    parents, as in the released code.
+    Pairs come from the labels, never from row positions. ``pairs="disjoint"`` (default, the released
+    code clovaai/embedding-expansion loss/embedding_aug.py): each class's samples, in batch order, are
+    paired off (1st with 2nd, 3rd with 4th, …; an odd one out stays unpaired) —
+    ``disjoint_class_pairs``. ``pairs="all"``: every unordered same-class pair. For each pair (x_i, x_j),
+    i < j, the n points x̄_k = (k·x_j + (n+1−k)·x_i)/(n+1), k = 1..n, are L2-normalised and labelled with
+    the class (x_i, x_j are L2-normalised first). S = n × (number of pairs) rows, pair by pair, then k.
+    The released code makes every point twice (once from each end of the pair, in mirrored order); one
+    copy is kept here, which changes no hardest-pair (HPHN) value. Gradients flow through the synthetic
+    points to both parents, as in the released code.
 
-    With ``hard_pair_mining`` (SPEC §2, on by default) :class:`~deepmetric.losses.synthesis_loss.SynthesisLoss`
-    mines, per real anchor a, the hardest positive among real rows only and the hardest negative pair
-    (x, n) with x ∈ {a} ∪ {synthetic points of a's pairs} and n any real or synthetic row of another
-    class (:meth:`mine`); a triplet loss then gets [d(a,p) − d(x,n) + m]_+ (the released HPHN triplet)
-    and a pair loss (MS, contrastive) the pairs (a, p) and (x, n). Off: the base loss sees real ∪
-    synthetic with anchors restricted to real rows.
+    The released loss is :class:`~deepmetric.losses.hphn_triplet.HPHNTripletLoss` (``loss.name:
+    hphn_triplet``), which mines each anchor's hardest negative pair among its own synthetic points
+    (``batch.owner``); any other loss sees real ∪ synthetic rows with anchors on real rows only
+    (:class:`~deepmetric.losses.synthesis_loss.SynthesisLoss`, ``combine = "joint"``).
 
     Args:
-        n: points per pair (n >= 0; 0 returns the batch unchanged).
-        hard_pair_mining: apply EE's hard-negative-pair mining in the wrapper.
+        n: points per pair (n >= 0; 0 returns the batch unchanged). Released ``main.py``: 2.
+        pairs: ``"disjoint"`` or ``"all"``.
     """
 
-    #: The SynthesisLoss wrapper applies the base loss once to the enlarged batch (with EE's mining).
+    #: The SynthesisLoss wrapper applies the base loss once to the enlarged batch, anchors on real rows.
     combine = "joint"
 
-    def __init__(self, *, n: int = 2, hard_pair_mining: bool = True) -> None:
+    def __init__(self, *, n: int = 2, pairs: str = "disjoint") -> None:
         super().__init__()
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n (points per same-class pair) must be an integer >= 0, got {n!r}")
-        if not isinstance(hard_pair_mining, bool):
-            raise ValueError(f"hard_pair_mining must be true or false, got {hard_pair_mining!r}")
+        if pairs not in PAIRINGS:
+            raise ValueError(f"pairs must be one of {PAIRINGS} (disjoint: each class's samples paired off, as the released code), got {pairs!r}")
         self.n = n
-        self.hard_pair_mining = hard_pair_mining
+        self.pairs = pairs
 
     def forward(
         self,
@@ -117,10 +121,10 @@ class EmbeddingExpansion(nn.Module):
         proxies: Optional[torch.Tensor] = None,
         progress: float = 0.0,
     ) -> TracedSynthBatch:
-        """embeddings (B, d), labels (B,) -> B + n·P rows (P same-class pairs). Deterministic: ``generator``,
+        """embeddings (B, d), labels (B,) -> B + n·P rows (P pairs). Deterministic: ``generator``,
         ``proxies`` and ``progress`` are part of the contract and unused."""
         check_batch(embeddings, labels, "embedding_expansion")
-        i, j = same_class_pairs(labels)
+        i, j = disjoint_class_pairs(labels) if self.pairs == "disjoint" else same_class_pairs(labels)
         if self.n == 0 or len(i) == 0:
             return traced(embeddings, labels)
         z = l2_normalize(compute_dtype(embeddings))
@@ -128,18 +132,5 @@ class EmbeddingExpansion(nn.Module):
         owner = torch.stack([i, j], dim=1).repeat_interleave(self.n, dim=0)
         return traced(embeddings, labels, pts.reshape(-1, z.shape[1]), labels[i].repeat_interleave(self.n), owner)
 
-    @staticmethod
-    def mine(similarity: torch.Tensor, batch: TracedSynthBatch):
-        """EE's hard positive / hard negative pair per real anchor: see ``ee_hard_mining``.
-
-        Args:
-            similarity: (N, N) similarities of ``batch.embeddings`` (larger = closer).
-            batch: this synthesiser's output.
-
-        Returns:
-            ``(anchor, positive, neg_first, neg_second)`` row indices, each (A,).
-        """
-        return ee_hard_mining(similarity, batch.labels, batch.is_synthetic, batch.owner)
-
     def extra_repr(self) -> str:
-        return f"n={self.n}, hard_pair_mining={self.hard_pair_mining}"
+        return f"n={self.n}, pairs={self.pairs!r}"

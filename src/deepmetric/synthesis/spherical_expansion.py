@@ -12,12 +12,14 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from deepmetric.functional.geometry import MIN_RESIDUAL, class_centres, half_cosine_ramp, spherical_expansion_points
+from deepmetric.functional.geometry import MIN_RESIDUAL, class_centres, spherical_expansion_points
 from deepmetric.functional.similarity import l2_normalize
 from deepmetric.registry import SYNTHESISERS
 from deepmetric.synthesis.embedding_expansion import TracedSynthBatch, check_batch, compute_dtype, traced
 
 __all__ = ["SphericalExpansion", "class_axes"]
+
+SCHEDULES = ("epoch", "step")
 
 
 def class_axes(z: torch.Tensor, labels: torch.Tensor, proxies: Optional[torch.Tensor], who: str) -> torch.Tensor:
@@ -54,10 +56,16 @@ class SphericalExpansion(nn.Module):
     others v_1..v_n in a fresh random orientation (from ``generator``) every call; the synthetic points
     are M + ‖r‖·v_k, unit-norm with exactly z's cosine to w.
 
-    Which samples: the ⌊ρ·B⌋ samples of the batch with the largest cosine to their own proxy (the
-    easiest; ties by row index), ρ rising from ``fraction_schedule[0]`` to ``[1]`` along a half-cosine
-    over ``progress`` ∈ [0, 1]: ρ = ρ0 + (ρ1 − ρ0)(1 − cos πp)/2. A selected sample with z ∥ w
-    (‖r‖ < 1e-6) has no residual direction and is not expanded (the others are not moved up to replace it).
+    Which samples: the round(ρ·B) samples of the batch with the largest cosine to their own proxy (the
+    easiest; ties by row index). The count and the schedule are the released code's
+    (Leminhbinh0209/PAKDD24-SEE, trainer/sphericalexpansion.py): ``int(np.round(B·ρ))`` — round half to
+    even, which Python's ``round`` also does (B·ρ = 2.5 gives 2, 3.5 gives 4) — with
+    ρ = ρ1 − (ρ1 − ρ0)(cos πp + 1)/2 (a half-cosine from ρ0 to ρ1). ``schedule="epoch"`` (default,
+    released): ρ is updated once per epoch, p = min(e, cap)/min(E, cap) for the 0-based epoch e of E
+    (``cap_epochs`` = 200), so the last epoch has p = (E−1)/E and runs past the cap stay at ρ1.
+    ``schedule="step"``: p = ``progress`` (the fraction of training steps done). A selected sample with
+    z ∥ w (‖r‖ < 1e-6) has no residual direction and is not expanded (the others are not moved up to
+    replace it).
     **[choice]** Without proxies (pair-based losses) the axis is the normalised mean of the class in the
     batch; a class with one sample then has z = w and is never expanded.
 
@@ -71,6 +79,9 @@ class SphericalExpansion(nn.Module):
         n: synthetic points per sample (n >= 1); needs embedding dimension d >= n + 2.
         weight: λ, the weight of the synthetic term (SynthesisLoss's default).
         fraction_schedule: (ρ0, ρ1) in [0, 1], the expanded fraction at the start and end of training.
+        schedule: ``"epoch"`` (released: ρ from the epoch, needs ``epoch=``/``epochs=`` in forward) or
+            ``"step"`` (ρ from ``progress``).
+        cap_epochs: the epoch after which ρ stays at ρ1 (released: 200), for ``schedule="epoch"``.
         detach: stop gradients through the synthetic points (released code: they train the proxies only).
     """
 
@@ -82,6 +93,8 @@ class SphericalExpansion(nn.Module):
         n: int = 8,
         weight: float = 0.2,
         fraction_schedule: Sequence[float] = (0.0, 0.4),
+        schedule: str = "epoch",
+        cap_epochs: int = 200,
         detach: bool = True,
     ) -> None:
         super().__init__()
@@ -92,16 +105,39 @@ class SphericalExpansion(nn.Module):
         sched = tuple(fraction_schedule)
         if len(sched) != 2 or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in sched):
             raise ValueError(f"fraction_schedule must be two fractions (start, end) in [0, 1], got {fraction_schedule!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} (epoch: once per epoch, as the released code), got {schedule!r}")
+        if isinstance(cap_epochs, bool) or not isinstance(cap_epochs, int) or cap_epochs < 1:
+            raise ValueError(f"cap_epochs must be an integer >= 1 (released: 200), got {cap_epochs!r}")
         if not isinstance(detach, bool):
             raise ValueError(f"detach must be true or false, got {detach!r}")
         self.n = n
+        self.schedule = schedule
+        self.cap_epochs = cap_epochs
         self.weight = float(weight)
         self.fraction_schedule: Tuple[float, float] = (float(sched[0]), float(sched[1]))
         self.detach = detach
 
-    def fraction(self, progress: float) -> float:
-        """ρ at ``progress`` (the half-cosine ramp of ``fraction_schedule``)."""
-        return half_cosine_ramp(progress, *self.fraction_schedule)
+    def fraction(self, *, progress: float = 0.0, epoch: Optional[int] = None, epochs: Optional[int] = None) -> float:
+        """ρ for this step: from the epoch (``schedule="epoch"``) or from ``progress`` (``"step"``)."""
+        if self.schedule == "epoch":
+            if epoch is None or epochs is None:
+                raise ValueError(
+                    "see: schedule='epoch' (the released per-epoch update) needs epoch= (0-based) and epochs= (total) in "
+                    f"the call, got epoch={epoch!r}, epochs={epochs!r}; the training loop passes them, or use schedule='step'"
+                )
+            if not 0 <= epoch < epochs:
+                raise ValueError(f"see: epoch must be in 0..epochs-1, got epoch={epoch} of epochs={epochs}")
+            p = min(epoch, self.cap_epochs) / min(epochs, self.cap_epochs)
+        else:
+            p = min(1.0, max(0.0, float(progress)))
+        lo, hi = self.fraction_schedule
+        # The released formula term by term (max − Δ·(cos πp + 1)/2), so round() sees the same float.
+        return hi - (hi - lo) * ((math.cos(math.pi * p) + 1.0) / 2.0)
+
+    def count(self, batch_size: int, **schedule_context) -> int:
+        """Samples to expand: ``round(B·ρ)``, round half to even as the released ``int(np.round(...))``."""
+        return int(round(batch_size * self.fraction(**schedule_context)))
 
     def forward(
         self,
@@ -111,8 +147,13 @@ class SphericalExpansion(nn.Module):
         generator: Optional[torch.Generator] = None,
         proxies: Optional[torch.Tensor] = None,
         progress: float = 0.0,
+        epoch: Optional[int] = None,
+        epochs: Optional[int] = None,
     ) -> TracedSynthBatch:
-        """embeddings (B, d), labels (B,), proxies (C, d) or None -> B + n·k rows (k expanded samples)."""
+        """embeddings (B, d), labels (B,), proxies (C, d) or None -> B + n·k rows (k expanded samples).
+
+        ``epoch`` (0-based) and ``epochs`` drive ρ for ``schedule="epoch"``, ``progress`` for ``"step"``.
+        """
         check_batch(embeddings, labels, "see")
         b, d = embeddings.shape
         if d < self.n + 2:
@@ -120,7 +161,7 @@ class SphericalExpansion(nn.Module):
                 f"see: the embedding dimension must be >= n + 2 for a simplex of n+1 vertices orthogonal to the proxy; "
                 f"got embedding dimension d={d} with n={self.n}; lower n to at most {d - 2} or use a larger embedding"
             )
-        k = int(math.floor(self.fraction(progress) * b + 1e-9))
+        k = self.count(b, progress=progress, epoch=epoch, epochs=epochs)
         if k == 0:
             return traced(embeddings, labels)
         z = l2_normalize(compute_dtype(embeddings))
@@ -141,4 +182,7 @@ class SphericalExpansion(nn.Module):
         return traced(embeddings, labels, pts.reshape(-1, d), labels[sel].repeat_interleave(self.n), owner)
 
     def extra_repr(self) -> str:
-        return f"n={self.n}, weight={self.weight}, fraction_schedule={self.fraction_schedule}, detach={self.detach}"
+        return (
+            f"n={self.n}, weight={self.weight}, fraction_schedule={self.fraction_schedule}, schedule={self.schedule!r}, "
+            f"cap_epochs={self.cap_epochs}, detach={self.detach}"
+        )

@@ -116,7 +116,7 @@ def build_dataset(cfg: RunConfig, split: str, *, train: bool, transform: Any = "
 
     d = cfg.data
     if transform == "default":
-        transform = build_transform(d.transform, train=train, image_size=d.image_size, resize=d.resize)
+        transform = build_transform(d.transform, train=train, image_size=d.image_size, resize=d.resize, crop_scale=d.crop_scale)
     cls = DATASETS.get(d.dataset)
     holdout = d.val_split == "holdout" and split in ("holdout", d.train_split)
     ds = cls(d.root, d.train_split if holdout else split, transform=transform, strict=d.strict_images)
@@ -165,7 +165,7 @@ def build_train_data(cfg: RunConfig, ctx: DistContext, *, unsupervised: bool) ->
     d = cfg.data
     if unsupervised:
         base = build_dataset(cfg, d.train_split, train=True, transform=None)
-        dataset: Dataset = TwoViewDataset(base, build_transform(d.transform, train=True, image_size=d.image_size, resize=d.resize))
+        dataset: Dataset = TwoViewDataset(base, build_transform(d.transform, train=True, image_size=d.image_size, resize=d.resize, crop_scale=d.crop_scale))
     else:
         base = build_dataset(cfg, d.train_split, train=True)
         dataset = base

@@ -28,7 +28,7 @@ from deepmetric.retrieval import embed, knn_accuracy, retrieval_metrics, topk_se
 from deepmetric.train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from deepmetric.train.data import build_dataset, build_train_data, eval_loader, item_seed
 from deepmetric.train.distributed import DistContext, barrier, cleanup, gather_nograd, gather_with_grad, init_distributed
-from deepmetric.train.optim import build_optimizer, lr_factor, set_lr
+from deepmetric.train.optim import backbone_frozen, build_optimizer, clip_gradients, drop_backbone_grads, lr_factor, set_lr
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,6 +79,8 @@ def build_embedding_model(cfg: RunConfig, in_chans: int) -> nn.Module:
         pretrained=m.pretrained,
         pooling=m.pooling,
         head_norm=m.head_norm,
+        head_init=m.head_init,
+        frozen=m.frozen,
         normalize=m.normalize,
         freeze_bn=m.freeze_bn,
         in_chans=in_chans,
@@ -94,7 +96,7 @@ def model_signature(cfg: RunConfig, model: nn.Module) -> Dict[str, Any]:
 
 def _accepts_context(loss_fn: nn.Module) -> bool:
     params = inspect.signature(loss_fn.forward).parameters
-    return "generator" in params and "progress" in params
+    return all(k in params for k in ("generator", "progress", "epoch", "epochs"))
 
 
 def _uses_features(loss_fn: nn.Module) -> bool:
@@ -305,7 +307,9 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                     if state["batch"] >= steps_per_epoch:
                         break
                     step = state["step"]
-                    set_lr(optimizer, lr_factor(step, steps_per_epoch=steps_per_epoch, cfg=cfg))
+                    frozen = backbone_frozen(step, steps_per_epoch=steps_per_epoch, cfg=cfg)
+                    set_lr(optimizer, lr_factor(step, steps_per_epoch=steps_per_epoch, cfg=cfg),
+                           zero_backbone=frozen and cfg.optim.warmup == "zero_backbone_lr")
                     if unsupervised:
                         v1, v2, idx = batch
                         images, labels = torch.cat([v1, v2]), torch.cat([idx, idx])
@@ -335,7 +339,7 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                     extra: Dict[str, Any] = {}
                     if ctx_loss:
                         gen = torch.Generator(device=emb.device).manual_seed(item_seed(cfg.seed, -2, step))
-                        extra.update(generator=gen, progress=step / max(1, total_steps))
+                        extra.update(generator=gen, progress=step / max(1, total_steps), epoch=epoch, epochs=cfg.train.epochs)
                     if feature_loss:
                         extra.update(features=feats.float(), head=_unwrap(model).head)
                     if terms_loss and log_now:
@@ -353,9 +357,11 @@ def _train(cfg: RunConfig, out: Path, ctx: DistContext, *, resume: bool, evaluat
                         )
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
-                    if cfg.train.grad_clip:
+                    if frozen and cfg.optim.warmup == "frozen_backbone":
+                        drop_backbone_grads(optimizer)
+                    if cfg.train.grad_clip or cfg.train.grad_clip_value:
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip)
+                        clip_gradients(optimizer, max_norm=cfg.train.grad_clip, max_value=cfg.train.grad_clip_value)
                     scaler.step(optimizer)
                     scaler.update()
                     state["step"] += 1

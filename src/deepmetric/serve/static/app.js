@@ -29,7 +29,9 @@ async function loadInfo() {
   info = await res.json();
   const src = info.source || {};
   const where = src.image_dir ? `folder ${src.image_dir}` : `${src.dataset || "?"} / ${src.split || "?"}`;
-  $("info").textContent = `${info.items} gallery items (${where}) · ${info.kind} index · ${info.dim}-d embeddings · model ${info.model || "?"}`;
+  const th = info.threshold;
+  const decision = th ? ` · match threshold ${th.value.toFixed(4)} (${th.criterion} ${th.target}, calibrated on ${th.split || "?"})` : " · no match threshold (deepmetric calibrate)";
+  $("info").textContent = `${info.items} gallery items (${where}) · ${info.kind} index · ${info.dim}-d embeddings · model ${info.model || "?"}${decision}`;
   $("k").max = info.max_k;
   $("k").value = info.default_k;
   const select = $("true-class");
@@ -79,6 +81,7 @@ async function search(blob, name, label) {
   setStatus("searching…");
   $("results").replaceChildren();
   $("summary").textContent = "";
+  $("verdict").hidden = true;
   const form = new FormData();
   form.append("file", blob, name);
   const t0 = performance.now();
@@ -106,6 +109,7 @@ function render(body, label, ms) {
     const tile = document.createElement("figure");
     tile.className = "tile";
     tile.dataset.id = r.id;
+    if (r.match === false) tile.classList.add("below");
     if (label !== null && r.label !== null) {
       judged += 1;
       const ok = r.label === label;
@@ -132,6 +136,13 @@ function render(body, label, ms) {
     cap.appendChild(document.createTextNode(` · ${r.class_name !== null ? r.class_name : "?"} · #${r.id}`));
     tile.append(rank, img, cap);
     grid.appendChild(tile);
+  }
+  const verdict = $("verdict");
+  if (body.threshold !== null && body.threshold !== undefined) {
+    const n = body.results.filter((r) => r.match).length;
+    verdict.textContent = n ? `${n} match${n > 1 ? "es" : ""} (score ≥ ${body.threshold.toFixed(4)})` : `no match: the best score is below the threshold ${body.threshold.toFixed(4)}`;
+    verdict.className = n ? "verdict" : "verdict none";
+    verdict.hidden = false;
   }
   setStatus(`${body.results.length} results in ${ms.toFixed(0)} ms (query ${body.query.width}×${body.query.height} ${body.query.mode})`);
   $("summary").textContent = judged ? `${correct} of ${judged} results share the query's class` : "pick the query's true class to mark results ✓/✗";
