@@ -65,7 +65,7 @@ def _records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("synthesis, gamma", [("intra_variance", 16.0), ("embedding_expansion", 1.0)])
+@pytest.mark.parametrize("synthesis, gamma", [("intra_variance", 32.0), ("embedding_expansion", 1.0)])
 def test_composite_loss_logs_its_terms(tmp_path, synthesis, gamma):
     """loss = loss_base + weight·loss_aux on every logged step. Intra-variance (base + γ·ranking, the
     ranking made before the head: the run also proves the loop passes features and head); EE ("joint":

@@ -75,10 +75,11 @@ class IntraVarianceSynthesis(nn.Module):
     Loss (SynthesisLoss, ``combine = "ranking"``): L = base(real) + γ·IntraClassRankingLoss(batch), with
     the ranking loss built from ``margin`` and ``class_margin`` (``ranking_loss_params``).
 
-    Defaults (**[choice]**, the paper's values are not available): J = 3, α = 0.5, margin 0.1 and γ = 16.
-    The ranking loss is a hinge on cosines while Proxy-Anchor works on cosines scaled by 32; at γ = 1 the
-    ranking term's share of the gradient on the real embeddings is about 0.4% on the MNIST recipe, at
-    γ = 16 about 5–8% (``benchmarks/bench_intra_variance.py``, ``benchmarks/results/intra_variance.md``).
+    Defaults (**[choice]**, the paper's values are not available): J = 3, α = 0.5, margin 0.1 and γ = 32.
+    The ranking loss is a hinge on cosines while Proxy-Anchor scales cosines by α = 32; γ = 32 puts the
+    ranking on the same scale. With γ = 1 its share of the gradient on the real embeddings is below 0.5%
+    on the MNIST recipe; ``benchmarks/bench_intra_variance.py`` measures it at the defaults
+    (``benchmarks/results/intra_variance.md``).
 
     Args:
         num_intensities: J >= 1.
@@ -101,7 +102,7 @@ class IntraVarianceSynthesis(nn.Module):
         num_intensities: int = 3,
         alpha: float = 0.5,
         band: Sequence[float] = (0.2, 0.9),
-        weight: float = 16.0,
+        weight: float = 32.0,
         margin: float = 0.1,
         class_margin: float = 0.1,
         detach: bool = False,
