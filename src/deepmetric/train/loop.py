@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from deepmetric.config import RunConfig, save_config
+from deepmetric.functional.similarity import l2_normalize
 from deepmetric.losses.build import build_loss
 from deepmetric.registry import LOSSES, SYNTHESISERS
 from deepmetric.retrieval import embed, knn_accuracy, retrieval_metrics, topk_search
@@ -422,8 +423,6 @@ class _PooledFeatures(nn.Module):
         self.train(model.training)  # embed() restores this wrapper's mode, which must be the model's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from deepmetric.functional.similarity import l2_normalize
-
         return l2_normalize(self.model.features(x).float())
 
 
