@@ -66,7 +66,7 @@ def run_one(job):
 
     torch.set_num_threads(threads)
     from deepmetric.config import load_config
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
     from deepmetric.train.loop import train
 
     overrides = [f"seed={seed}", f"train.epochs={epochs}", f"device={device}", "train.progress=false", "train.report=false",

@@ -31,9 +31,10 @@ from common import machine  # noqa: E402
 from deepmetric.config import load_config  # noqa: E402
 from deepmetric.losses.synthesis_loss import SynthesisLoss  # noqa: E402
 from deepmetric.synthesis.intra_variance import IntraVarianceSynthesis  # noqa: E402
-from deepmetric.train.checkpoint import load_checkpoint  # noqa: E402
-from deepmetric.train.data import build_dataset  # noqa: E402
-from deepmetric.train.loop import build_embedding_model, build_training_loss, train  # noqa: E402
+from deepmetric.checkpoint import load_checkpoint  # noqa: E402
+from deepmetric.data.build import build_dataset  # noqa: E402
+from deepmetric.inference import build_embedding_model  # noqa: E402
+from deepmetric.train.loop import build_training_loss, train  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "mnist_proxy_anchor_intra_variance.yaml"
 

@@ -3,9 +3,9 @@ demo's training clearly improves retrieval on digits it never saw."""
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
+from deepmetric.checkpoint import load_checkpoint, save_checkpoint
 from deepmetric.cli import app
 
 TINY_SETS = ["device=cpu", "data.dataset=digits", "data.image_size=8", "data.batch_size=24", "data.samples_per_class=8",
@@ -55,9 +55,9 @@ def test_missing_dataset_root_names_the_file_and_the_layout(tmp_path):
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     run = tmp_path / "run"
     assert invoke("train", "--config", "configs/mnist_proxy_anchor.yaml", "--out", run, *sets(*TINY_SETS)).exit_code == 0
-    state = torch.load(run / "best.pt", weights_only=False)
+    state = load_checkpoint(run / "best.pt")
     state["config"]["model"]["embedding_dim"] = 8  # the stored config now builds a different model
-    torch.save(state, tmp_path / "other.pt")
+    save_checkpoint(state, tmp_path / "other.pt")
     assert_one_red_line(invoke("eval", "--checkpoint", tmp_path / "other.pt"), "another model", "embedding")
     # and resuming a run folder with another model's config
     res = invoke("train", "--config", "configs/mnist_proxy_anchor.yaml", "--out", run, "--resume",

@@ -25,7 +25,7 @@ def index_copy(digits_index, tmp_path):
 
 
 def test_threshold_is_chosen_on_the_validation_pairs_and_stored(index_copy, tiny_run):
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
 
     res = calibrate_index(index_copy, fmr=0.01, device="cpu")
     th = res["threshold"]
@@ -101,7 +101,7 @@ def test_calibration_errors_are_one_line(index_copy):
 
 def test_eval_detail_prints_topk_fnmr_and_writes_per_class(tiny_run, tmp_path):
     from deepmetric.retrieval.topk_metrics import topk_metrics
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
 
     out = tmp_path / "pc.json"
     r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--detail", "--per-class", str(out)])

@@ -32,7 +32,7 @@ def test_index_folder_holds_the_split_with_labels_thumbnails_and_model(digits_in
 
 
 def test_indexed_vectors_are_the_checkpoints_normalised_embeddings(tiny_run, digits_index):
-    from deepmetric.train.evaluate import embed_checkpoint
+    from deepmetric.inference import embed_checkpoint
 
     emb, labels = embed_checkpoint(tiny_run / "best.pt", split="test")
     index = SearchIndex.load(digits_index)
@@ -90,16 +90,17 @@ def test_image_folder_gallery_uses_folders_as_classes(tiny_run, image_dir, tmp_p
 def test_index_and_model_of_different_runs_are_refused(digits_index, tmp_path):
     import shutil
 
+    from deepmetric.checkpoint import load_checkpoint, save_checkpoint
     from deepmetric.config import build_config
-    from deepmetric.train.checkpoint import load_checkpoint, save_checkpoint
-    from deepmetric.train.loop import build_embedding_model, model_signature
+    from deepmetric.inference import build_embedding_model
+    from deepmetric.models import model_signature
 
     copy = tmp_path / "mixed"
     shutil.copytree(digits_index, copy)
     # Another run's model (8-d embeddings) in the index folder of a 16-d gallery.
     cfg = build_config(load_checkpoint(copy / "model.pt")["config"], ["model.embedding_dim=8"])
     other = build_embedding_model(cfg, in_chans=1)
-    save_checkpoint({"model": other.state_dict(), "config": cfg.to_dict(), "model_signature": model_signature(cfg, other)}, copy / "model.pt")
+    save_checkpoint({"model": other.state_dict(), "config": cfg.to_dict(), "model_signature": model_signature(other)}, copy / "model.pt")
     with pytest.raises(SearchIndexError, match="produces 8-dimensional embeddings but the index holds 16-dimensional.*deepmetric index build"):
         IndexSearcher(copy, device="cpu")
     (copy / "model.pt").unlink()
@@ -135,12 +136,12 @@ def test_cli_index_build_search_and_errors(tiny_run, tmp_path):
 
 
 def test_cli_export_torchscript_reproduces_the_model(tiny_run, tmp_path):
-    from deepmetric.serve.indexing import load_embedding_model
+    from deepmetric.inference import Embedder
 
     out = tmp_path / "model.pt"
     r = runner.invoke(app, ["export", "--checkpoint", str(tiny_run / "best.pt"), "--format", "torchscript", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    model, _, _ = load_embedding_model(tiny_run / "best.pt", device="cpu")
+    model = Embedder.from_checkpoint(tiny_run / "best.pt", device="cpu").model
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -11,7 +11,7 @@ import layouts  # noqa: E402
 from deepmetric.config import build_config  # noqa: E402
 from deepmetric.data.embedded import Digits  # noqa: E402
 from deepmetric.registry import DATASETS  # noqa: E402
-from deepmetric.train.data import build_dataset  # noqa: E402
+from deepmetric.data.build import build_dataset  # noqa: E402
 from deepmetric.train.loop import train  # noqa: E402
 
 TINY = {

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from deepmetric.checkpoint import load_checkpoint
 from deepmetric.losses.build import build_loss
-from deepmetric.train.distributed import DistContext, gather_nograd, gather_with_grad
+from deepmetric.distributed import DistContext, gather_nograd, gather_with_grad
 
 
 def _free_port() -> int:
@@ -88,8 +89,8 @@ def test_two_process_training_matches_one_process(tmp_path):
                           "-m", "deepmetric", "train", "--config", str(cfg), "--out", str(tmp_path / "two"),
                           "--set", "data.batch_size=8", *common], env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "one" / "last.pt")
+    b = load_checkpoint(tmp_path / "two" / "last.pt")
     for k in a["model"]:
         assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-5), k
     ra = json.loads((tmp_path / "one" / "results.json").read_text())["test"]

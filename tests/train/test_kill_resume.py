@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepmetric.train.checkpoint import load_checkpoint
+from deepmetric.checkpoint import load_checkpoint
 
 CFG = Path(__file__).resolve().parents[2] / "configs" / "mnist_proxy_anchor.yaml"
 SETS = ["device=cpu", "data.dataset=digits", "data.image_size=8", "data.batch_size=24", "data.samples_per_class=8", "model.embedding_dim=16",

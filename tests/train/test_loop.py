@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from deepmetric.config import build_config
-from deepmetric.train.checkpoint import CheckpointError, load_checkpoint
-from deepmetric.train.evaluate import evaluate_checkpoint
+from deepmetric.checkpoint import CheckpointError, load_checkpoint
+from deepmetric.inference import evaluate_checkpoint
 from deepmetric.train.loop import TrainingDiverged, train
 
 TINY = {
@@ -166,7 +166,7 @@ def test_bf16_autocast_and_channels_last_on_cpu_keep_the_loss_in_float32(tmp_pat
 
 def test_frozen_warmup_trains_only_the_head_in_the_loop(tmp_path):
     """Proxy-Anchor --warm through train(): after a 1-epoch frozen warm-up the backbone is its init."""
-    from deepmetric.train.loop import build_embedding_model
+    from deepmetric.inference import build_embedding_model
 
     cfg = tiny("train.epochs=1", "optim.warmup_epochs=1", "optim.warmup=frozen_backbone", "train.grad_clip_value=10")
     train(cfg, tmp_path / "run")

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from deepmetric.config import build_config
-from deepmetric.train.data import build_dataset
-from deepmetric.train.distributed import DistContext
-from deepmetric.train.loop import build_embedding_model, neighbour_table, train
+from deepmetric.data.build import build_dataset
+from deepmetric.distributed import DistContext
+from deepmetric.inference import build_embedding_model
+from deepmetric.train.loop import neighbour_table, train
 
 UNSUP = {
     "device": "cpu",
@@ -50,14 +51,14 @@ def test_neighbour_table_comes_from_the_pooled_backbone_features():
     with torch.no_grad():
         s_feat, best_feat = _nearest_similarity(model.features(images))
         s_emb, best_emb = _nearest_similarity(model(images))
-    table = neighbour_table(model, cfg, DistContext())
+    table = neighbour_table(model, ds, cfg, DistContext())
     rows = torch.arange(len(ds))
     assert table.shape == (len(ds),) and bool((table != rows).all())  # self excluded, never the identity
     # every partner is a nearest neighbour in the backbone features (ties allowed) ...
     torch.testing.assert_close(s_feat[rows, table], best_feat, atol=1e-5, rtol=0)
     # ... and for many instances NOT one in the embedding: the test tells the two spaces apart
     assert float((s_emb[rows, table] < best_emb - 1e-4).double().mean()) > 0.2
-    table_emb = neighbour_table(model, build_config(UNSUP, ["data.neighbour_space=embedding"]), DistContext())
+    table_emb = neighbour_table(model, ds, build_config(UNSUP, ["data.neighbour_space=embedding"]), DistContext())
     torch.testing.assert_close(s_emb[rows, table_emb], best_emb, atol=1e-5, rtol=0)
 
 

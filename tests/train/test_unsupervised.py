@@ -5,7 +5,7 @@ import torch
 
 from deepmetric.config import build_config
 from deepmetric.data.embedded import _EmbeddedDigits
-from deepmetric.train.checkpoint import load_checkpoint
+from deepmetric.checkpoint import load_checkpoint
 from deepmetric.train.loop import train
 
 UNSUP = {

@@ -14,8 +14,10 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from deepmetric.inference import Embedder
 from deepmetric.retrieval.index import SearchIndex
 from deepmetric.retrieval.openset import DEFAULT_FMRS, fnmr_at_fmr, pair_scores, plot_roc, threshold_at_fmr, threshold_at_precision
+from deepmetric.serve.indexing import MODEL_FILE
 
 ROC_FILE = "roc.png"
 
@@ -49,20 +51,15 @@ def calibrate_index(
     Returns:
         ``{"threshold": Threshold.to_dict(), "fnmr_at_fmr": {...}, "roc": path, "items": n, "sampled": bool}``.
     """
-    from deepmetric.retrieval import embed
-    from deepmetric.serve.indexing import MODEL_FILE, load_embedding_model
-    from deepmetric.train.data import build_dataset, eval_loader
-    from deepmetric.train.distributed import DistContext
-    from deepmetric.train.loop import model_signature
-
     if fmr is not None and precision is not None:
         raise ValueError(f"give a target FMR ({fmr}) or a target precision ({precision}), not both")
     if fmr is None and precision is None:
         fmr = 1e-3
     index_dir = Path(index_dir)
     index = SearchIndex.load(index_dir)
-    model, cfg, dev = load_embedding_model(index_dir / MODEL_FILE, overrides, device)
-    index.check_model(model_signature(cfg, model), source=str(index_dir / MODEL_FILE))
+    embedder = Embedder.from_checkpoint(index_dir / MODEL_FILE, overrides, device=device)
+    index.check_model(embedder.signature, source=str(index_dir / MODEL_FILE))
+    cfg = embedder.cfg
     split = split or cfg.data.val_split
     if split is None:
         raise ValueError("the index's recipe has no validation split (data.val_split: null); pass --split NAME of a "
@@ -70,8 +67,7 @@ def calibrate_index(
     if split == cfg.data.train_split:
         raise ValueError(f"split {split!r} is the training split: a threshold fitted there is optimistic for new classes; "
                          "calibrate on the validation split (the default) or another class-disjoint split")
-    dataset = build_dataset(cfg, split, train=False)
-    emb, labels = embed(model, eval_loader(dataset, cfg, DistContext(device=dev)), device=dev)
+    emb, labels = embedder.embed_dataset(embedder.dataset(split))
     scores = pair_scores(emb, labels, max_impostor_pairs=max_impostor_pairs, seed=seed)
     th = threshold_at_fmr(scores, fmr) if fmr is not None else threshold_at_precision(scores, precision)
     th.split = split

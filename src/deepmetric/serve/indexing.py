@@ -19,14 +19,16 @@ import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from deepmetric.retrieval.index import META_FILE, SearchIndex, SearchIndexError
+from deepmetric.checkpoint import load_checkpoint, save_checkpoint
+from deepmetric.data.base import load_image
+from deepmetric.inference import UNREADABLE, Embedder
+from deepmetric.retrieval.index import KINDS, META_FILE, SearchIndex, SearchIndexError
 
 MODEL_FILE = "model.pt"
 THUMBS_DIR = "thumbs"
@@ -34,109 +36,7 @@ THUMBS_DIR = "thumbs"
 THUMBNAIL_SIDE = 256
 
 
-# ------------------------------------------------------------------------------------------ the model
-
-
-def load_embedding_model(path: str | os.PathLike, overrides: Sequence[str] = (), device: str = "auto"):
-    """(model in eval mode, config, device) from a checkpoint or an index's ``model.pt``.
-
-    The model is rebuilt from the stored config with ``model.pretrained=null`` (its weights are replaced
-    by the stored ones anyway, so nothing is downloaded or read from a pretrained-weights file), with the
-    input channels recorded in the stored model signature: no dataset needs to be present.
-    """
-    from deepmetric.config import build_config
-    from deepmetric.train.checkpoint import check_compatible, load_checkpoint
-    from deepmetric.train.distributed import resolve_device
-    from deepmetric.train.loop import build_embedding_model, model_signature
-
-    dev = resolve_device(device)
-    state = load_checkpoint(path, map_location=dev)
-    in_chans = (state.get("model_signature") or {}).get("in_chans")
-    if in_chans is None:  # a checkpoint without a signature: let the evaluation helper probe the dataset
-        from deepmetric.train.evaluate import load_model
-
-        model, cfg, ctx = load_model(path, overrides, device=device)
-        return model, cfg, ctx.device
-    cfg = build_config(state["config"], list(overrides) + ["model.pretrained=null"], source=f"{path} (stored config)")
-    model = build_embedding_model(cfg, in_chans=int(in_chans)).to(dev)
-    check_compatible(state, model_signature(cfg, model), str(path))
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg, dev
-
-
-def eval_transform(cfg: Any) -> Callable:
-    """The evaluation transform of the config's recipe (what the gallery and every query go through)."""
-    from deepmetric.data.transforms import build_transform
-
-    d = cfg.data
-    return build_transform(d.transform, train=False, image_size=d.image_size, resize=d.resize)
-
-
-def image_mode(in_chans: int) -> str:
-    """PIL mode the model's transform expects: "L" for one input channel, "RGB" for three."""
-    if in_chans not in (1, 3):
-        raise ValueError(f"models with {in_chans} input channels cannot be fed images; expected 1 (grayscale) or 3 (RGB)")
-    return "L" if in_chans == 1 else "RGB"
-
-
 # ---------------------------------------------------------------------------------------- the gallery
-
-
-#: label of an item whose file cannot be decoded; such items are dropped after embedding, never indexed
-UNREADABLE = -2
-
-
-class GalleryFiles(Dataset):
-    """Gallery image files with their labels, read with the one loader (:func:`deepmetric.data.base.load_image`).
-
-    Unlike a training dataset, an unreadable file is never replaced by another image (that would index a
-    copy's embedding under this file's name): it yields a blank image and the label :data:`UNREADABLE`,
-    and :func:`build_index_from_checkpoint` leaves it out of the index with one warning listing them all.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence[int], transform: Optional[Callable], mode: str) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.labels = [int(v) for v in labels]
-        self.transform = transform
-        self.mode = mode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from deepmetric.data.base import load_image
-
-        label = self.labels[i]
-        try:
-            image: Any = load_image(self.paths[i], self.mode)
-        except Exception:  # noqa: BLE001 - missing, empty, truncated, not an image: all "leave it out"
-            image, label = Image.new(self.mode, (THUMBNAIL_SIDE, THUMBNAIL_SIDE)), UNREADABLE
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
-
-
-class ImageDirGallery(GalleryFiles):
-    """Every image file under ``root`` (sorted, recursive). An image inside a first-level sub-folder is
-    labelled with that folder's name (class folders); an image directly in ``root`` has label −1 (unknown).
-
-    Files that cannot be decoded get the label :data:`UNREADABLE` (see :class:`GalleryFiles`).
-    """
-
-    def __init__(self, root: str | os.PathLike, transform: Optional[Callable], mode: str) -> None:
-        from deepmetric.data.base import IMAGE_EXTENSIONS
-
-        self.root = Path(root).expanduser().resolve()
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist; pass a folder of images (optionally in class sub-folders)")
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
-        if not files:
-            raise FileNotFoundError(f"no image files under {str(self.root)!r} (extensions: {' '.join(IMAGE_EXTENSIONS)})")
-        folders = [p.relative_to(self.root).parts[0] if len(p.relative_to(self.root).parts) > 1 else None for p in files]
-        self.class_names: List[str] = sorted({f for f in folders if f is not None})
-        index = {c: i for i, c in enumerate(self.class_names)}
-        super().__init__(files, [index[f] if f is not None else -1 for f in folders], transform, mode)
 
 
 def dataset_labels(dataset: Any) -> List[int]:
@@ -157,6 +57,8 @@ def dataset_paths(dataset: Any) -> Optional[List[str]]:
 
 def _prepare_out(out: Path) -> None:
     """An empty or new folder, or an earlier index folder (replaced); never anything else."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose a new or empty folder for the index")
     if out.exists() and any(out.iterdir()):
         if not (out / META_FILE).is_file():
             raise FileExistsError(f"{out} exists and is not an index folder; choose an empty or new --out")
@@ -211,49 +113,38 @@ def build_index_from_checkpoint(
     Returns:
         The saved index.
     """
-    from deepmetric.retrieval import embed
-    from deepmetric.train.data import build_dataset, eval_loader
-    from deepmetric.train.distributed import DistContext
-    from deepmetric.train.loop import model_signature
-
-    from deepmetric.retrieval.index import KINDS
-
     if kind not in KINDS:  # checked before the (long) embedding pass
         raise ValueError(f"index kind={kind!r} is not one of {KINDS}")
     if split is not None and image_dir is not None:
         raise ValueError(f"pass either a split ({split!r}) or an image folder ({str(image_dir)!r}) as the gallery, not both")
-    model, cfg, dev = load_embedding_model(checkpoint, overrides, device)
-    in_chans = int(getattr(model, "in_chans", 3))
-    mode = image_mode(in_chans)
-    transform = eval_transform(cfg)
+    embedder = Embedder.from_checkpoint(checkpoint, overrides, device=device)
+    cfg = embedder.cfg
     raw: Optional[Any] = None
     if image_dir is not None:
-        gallery: Any = ImageDirGallery(image_dir, transform, mode)
+        gallery: Any = embedder.folder(image_dir)
         paths: Optional[List[str]] = [str(p) for p in gallery.paths]
         class_names = list(gallery.class_names)
         source = {"image_dir": str(Path(image_dir).resolve())}
     else:
         split = split or cfg.data.test_split
-        gallery = build_dataset(cfg, split, train=False)
+        gallery = embedder.dataset(split)
         paths = dataset_paths(gallery)
         if paths is None:
-            raw = build_dataset(cfg, split, train=False, transform=None)  # PIL images, saved as thumbnails
+            raw = embedder.dataset(split, transform=None)  # PIL images, saved as thumbnails
         class_names = [str(c) for c in getattr(gallery, "class_names", [])]
         source = {"dataset": cfg.data.dataset, "split": split}
         if paths is not None:  # files: read them here, so that an unreadable one is left out, not replaced
-            gallery = GalleryFiles(paths, dataset_labels(gallery), transform, mode)
+            gallery = embedder.files(paths, dataset_labels(gallery))
     out = Path(out)
     _prepare_out(out)
-    emb, labels = embed(model, eval_loader(gallery, cfg, DistContext(device=dev)), device=dev)
+    emb, labels = embedder.embed_dataset(gallery)
     if paths is not None:
         emb, labels, paths = _drop_unreadable(emb, labels, paths)
     if raw is not None:
         (out / THUMBS_DIR).mkdir()
         for i in range(len(raw)):
             raw[i][0].save(out / THUMBS_DIR / f"{i:06d}.png")
-    from deepmetric.train.checkpoint import load_checkpoint, save_checkpoint
-
-    signature = model_signature(cfg, model)
+    signature = embedder.signature
     state = load_checkpoint(checkpoint, map_location="cpu")
     save_checkpoint({"model": state["model"], "config": state["config"], "model_signature": signature}, out / MODEL_FILE)
     metadata = {
@@ -261,8 +152,8 @@ def build_index_from_checkpoint(
         "class_names": class_names,
         "paths": paths,
         "thumbnails": THUMBS_DIR if raw is not None else None,
-        "image_mode": mode,
-        "in_chans": in_chans,
+        "image_mode": embedder.mode,
+        "in_chans": embedder.in_chans,
         "checkpoint": str(Path(checkpoint).resolve()),
         "source": source,
         "model_signature": signature,
@@ -289,17 +180,15 @@ class IndexSearcher:
     """
 
     def __init__(self, index_dir: str | os.PathLike, *, device: str = "auto") -> None:
-        from deepmetric.train.loop import model_signature
-
         self.dir = Path(index_dir)
         self.index = SearchIndex.load(self.dir)
         model_path = self.dir / MODEL_FILE
         if not model_path.is_file():
             raise SearchIndexError(f"{self.dir} has no {MODEL_FILE} (the model that embeds queries); rebuild it with `deepmetric index build --checkpoint CKPT --out {self.dir}`")
-        self.model, self.cfg, self.device = load_embedding_model(model_path, device=device)
-        self.index.check_model(model_signature(self.cfg, self.model), source=str(model_path))
-        self.mode = image_mode(int(getattr(self.model, "in_chans", 3)))
-        self.transform = eval_transform(self.cfg)
+        self.embedder = Embedder.from_checkpoint(model_path, device=device)
+        self.index.check_model(self.embedder.signature, source=str(model_path))
+        self.model, self.cfg, self.device = self.embedder.model, self.embedder.cfg, self.embedder.device
+        self.mode, self.transform = self.embedder.mode, self.embedder.transform
         meta = self.index.metadata
         thumbs = meta.get("thumbnails")
         self.thumbs_dir = (self.dir / thumbs) if thumbs else None
@@ -308,13 +197,9 @@ class IndexSearcher:
     def __len__(self) -> int:
         return len(self.index)
 
-    @torch.no_grad()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(n, d) embeddings of PIL images (any mode: converted like the gallery images were)."""
-        from deepmetric.data.base import to_mode
-
-        batch = torch.stack([self.transform(to_mode(im, self.mode)) for im in images]).to(self.device)
-        return self.model(batch).float().cpu()
+        return self.embedder.embed_images(images)
 
     def item(self, i: int) -> Dict[str, Any]:
         """What is known about gallery item ``i``: id, label (None if unknown), class name, file name."""
@@ -355,8 +240,6 @@ class IndexSearcher:
         return self._thumbnail(int(i))
 
     def _make_thumbnail(self, i: int) -> tuple[bytes, str]:
-        from deepmetric.data.base import load_image
-
         if self.thumbs_dir is not None:
             return (self.thumbs_dir / f"{i:06d}.png").read_bytes(), "image/png"
         path = Path(self.index.metadata["paths"][i])
@@ -373,14 +256,42 @@ class IndexSearcher:
         return buf.getvalue(), "image/jpeg"
 
 
-def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto") -> List[List[Dict[str, Any]]]:
-    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`)."""
+#: largest query image (width × height) read by :func:`search_images`, as the service's default
+MAX_QUERY_PIXELS = 40_000_000
+
+
+def check_query_image(path: str | os.PathLike, *, max_pixels: int = MAX_QUERY_PIXELS) -> None:
+    """Refuse, with one clear error, a query file that is missing, not an image, or larger than
+    ``max_pixels`` (read from the header: nothing is decoded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"query image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"query image {str(path)!r} is refused as a decompression bomb (far over {max_pixels:,} pixels)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder error means "not an image we can read"
+        raise ValueError(f"query {str(path)!r} is not an image that can be read ({type(exc).__name__}); "
+                         "give a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
+    if width * height > max_pixels:
+        raise ValueError(f"query image {str(path)!r} has {width}×{height} = {width * height:,} pixels; the limit is "
+                         f"{max_pixels:,}: resize it first")
+
+
+def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto",
+                  max_pixels: int = MAX_QUERY_PIXELS) -> List[List[Dict[str, Any]]]:
+    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`). The files are checked
+    (:func:`check_query_image`) before the index and model are loaded, and read with the gallery's loader."""
     from deepmetric.data.base import load_image
 
+    for p in image_paths:
+        check_query_image(p, max_pixels=max_pixels)
     searcher = IndexSearcher(index_dir, device=device)
     images = []
     for p in image_paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"query image {str(p)!r} does not exist")
-        images.append(load_image(Path(p), searcher.mode))
+        try:
+            images.append(load_image(Path(p), searcher.mode))
+        except Exception as exc:  # noqa: BLE001 - a header that reads, then damaged data
+            raise ValueError(f"query image {str(p)!r} is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
     return searcher.search(images, k)

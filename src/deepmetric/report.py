@@ -17,7 +17,16 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
+
+from deepmetric.inference import Embedder
+from deepmetric.retrieval.index import SearchIndex
 
 REPORT_DIR = "report"
 #: Metrics drawn in the validation panel, when logged.
@@ -26,9 +35,6 @@ OK, BAD = "#1a9641", "#d7191c"
 
 
 def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), dpi=110)
     FigureCanvasAgg(fig)
     return fig
@@ -131,8 +137,6 @@ def _hex_rgb(colour: str) -> tuple:
 
 def _tile(image: Any, side: int, border: int, colour: str) -> np.ndarray:
     """(side, side, 3) uint8: ``image`` fitted inside a ``border``-pixel frame of ``colour`` on black."""
-    from PIL import Image
-
     inner = side - 2 * border
     im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
     im = im.convert("RGB")
@@ -161,8 +165,6 @@ def plot_retrieval_grid(images: Any, embeddings: np.ndarray, labels: np.ndarray,
         embeddings: (n, d) embeddings. labels: (n,) ints. class_names: names by label.
         num_queries / k: rows and neighbours per row. seed: query choice. cell: tile side in pixels.
     """
-    from deepmetric.retrieval.index import SearchIndex
-
     labels = np.asarray(labels)
     queries = pick_queries(labels, num_queries, seed)
     k = min(k, len(labels) - 1)
@@ -200,8 +202,6 @@ def plot_retrieval_grid(images: Any, embeddings: np.ndarray, labels: np.ndarray,
 def plot_embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
                        *, max_points: int = 2000, seed: int = 0, title: str = "") -> Path:
     """t-SNE of (up to ``max_points``, sampled with a private RNG) embeddings, one colour per class."""
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
 
     labels = np.asarray(labels)
     n = len(labels)
@@ -216,7 +216,6 @@ def plot_embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: 
     classes = np.unique(y)
     fig = _figure(7.2, 6.2)
     ax = fig.subplots()
-    import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo"]
     for j, c in enumerate(classes):
@@ -274,16 +273,11 @@ def write_report(run_dir: str | os.PathLike, *, checkpoint: Optional[str | os.Pa
 
 
 def _embed_split(checkpoint: Any, split: Optional[str], overrides: Sequence[str], device: str):
-    from deepmetric.retrieval import embed
-    from deepmetric.serve.indexing import load_embedding_model
-    from deepmetric.train.data import build_dataset, eval_loader
-    from deepmetric.train.distributed import DistContext
-
-    model, cfg, dev = load_embedding_model(checkpoint, overrides, device)
-    split = split or cfg.data.test_split
-    dataset = build_dataset(cfg, split, train=False)
-    emb, labels = embed(model, eval_loader(dataset, cfg, DistContext(device=dev)), device=dev)
-    raw = build_dataset(cfg, split, train=False, transform=None)
+    embedder = Embedder.from_checkpoint(checkpoint, overrides, device=device)
+    split = split or embedder.cfg.data.test_split
+    dataset = embedder.dataset(split)
+    emb, labels = embedder.embed_dataset(dataset)
+    raw = embedder.dataset(split, transform=None)
 
     class _Images:  # lazy: only the shown items are decoded
         def __getitem__(self, i: int) -> Any:

@@ -1,47 +1,10 @@
-import os
-
+"""Optimizer parameter groups, lr schedules, warm-ups and gradient clipping."""
 import pytest
 import torch
 from torch import nn
 
 from deepmetric.config import ConfigError, build_config
-from deepmetric.train.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from deepmetric.train.optim import backbone_frozen, build_optimizer, clip_gradients, drop_backbone_grads, lr_factor, set_lr
-
-
-def test_atomic_save_leaves_no_temp_and_roundtrips(tmp_path):
-    p = tmp_path / "c.pt"
-    save_checkpoint({"model": {"w": torch.arange(3)}, "config": {"a": 1}}, p)
-    save_checkpoint({"model": {"w": torch.arange(4)}, "config": {"a": 2}}, p)
-    assert os.listdir(tmp_path) == ["c.pt"]
-    assert load_checkpoint(p)["model"]["w"].tolist() == [0, 1, 2, 3]
-
-
-def test_failed_save_keeps_previous_file(tmp_path):
-    p = tmp_path / "c.pt"
-    save_checkpoint({"model": {}, "config": {"v": 1}}, p)
-
-    class Boom:
-        def __reduce__(self):
-            raise RuntimeError("cannot pickle")
-
-    with pytest.raises(RuntimeError):
-        save_checkpoint({"model": {}, "config": {}, "x": Boom()}, p)
-    assert load_checkpoint(p)["config"] == {"v": 1}
-    assert os.listdir(tmp_path) == ["c.pt"]
-
-
-def test_bad_checkpoints_are_clear_errors(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "none.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="damaged"):
-        load_checkpoint(tmp_path / "junk.pt")
-    torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a deepmetric checkpoint"):
-        load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match=r"embedding_dim: checkpoint 64 vs config 32"):
-        check_compatible({"model_signature": {"embedding_dim": 64}}, {"embedding_dim": 32}, "x.pt")
 
 
 class _Model(nn.Module):

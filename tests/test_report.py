@@ -7,7 +7,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deepmetric.cli import app
-from deepmetric.serve.report import pick_queries, plot_curves, read_metrics, write_report
+from deepmetric.report import pick_queries, plot_curves, read_metrics, write_report
 
 
 def image_stats(path):
