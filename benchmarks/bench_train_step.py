@@ -181,7 +181,8 @@ def main() -> None:
         "",
         "One full step (forward, loss, backward, AdamW step including the loss's proxies) on one P×K batch, median "
         f"of {max(a.steps, 5)}; overhead = step time over the same loss without synthesis, minus 1. Synthesiser "
-        "defaults (SEE n = 8 at progress 0.5, i.e. 20% of the batch expanded; EE n = 2 with hard mining; "
+        "defaults (SEE n = 8 at epoch 5 of 10, i.e. 20% of the batch expanded; EE n = 2 on disjoint pairs, with "
+        "the HPHN triplet; "
         "intra-variance J = 3). A 1.8 s ResNet-18 step varies by about ±2% from run to run on this machine: "
         "overheads inside that band (negative ones included) are noise; the synthesis itself costs milliseconds "
         "(benchmarks/results/losses.md).",

@@ -12,6 +12,7 @@ def test_losses_and_synthesisers_are_the_registered_classes():
     assert losses.InstanceSoftmaxLoss is LOSSES.get("instance_softmax")
     assert losses.CategorySoftmaxLoss is LOSSES.get("category_softmax")
     assert losses.IntraClassRankingLoss is LOSSES.get("intra_ranking")
+    assert losses.HPHNTripletLoss is LOSSES.get("hphn_triplet")
     for name, cls in [("see", synthesis.SphericalExpansion), ("embedding_expansion", synthesis.EmbeddingExpansion),
                       ("symmetrical", synthesis.SymmetricalSynthesis), ("intra_variance", synthesis.IntraVarianceSynthesis),
                       ("feature_interpolation", synthesis.FeatureInterpolation),

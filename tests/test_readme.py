@@ -25,3 +25,23 @@ def test_every_cli_command_in_the_tour_exists():
     for command in commands:
         res = CliRunner().invoke(app, [*command.split(), "--help"])
         assert res.exit_code == 0, (command, res.output)
+
+
+def test_the_resume_line_resumes_the_folder_the_line_before_wrote():
+    lines = [line.split("#")[0].split() for line in README.splitlines() if line.startswith("deepmetric train")]
+    resumes = [i for i, words in enumerate(lines) if "--resume" in words]
+    assert resumes
+    for i in resumes:
+        again = [w for w in lines[i] if w != "--resume"]
+        assert i > 0 and lines[i - 1] == again, "the --resume line must repeat the training command it resumes"
+        assert "--out" in again  # an explicit run folder, the same in both lines
+
+
+def test_the_query_image_command_writes_a_png(tmp_path, monkeypatch):
+    line = next(ln for ln in README.splitlines() if ln.startswith("python -c") and "query.png" in ln)
+    code = re.search(r'python -c "(.*?)"', line).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})  # noqa: S102 - our own README
+    from PIL import Image
+
+    assert Image.open(tmp_path / "query.png").size == (28, 28)

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 import layouts  # noqa: E402
+from glyph_fonts import make_glyphs_dataset  # noqa: E402
 
 from deepmetric.config import load_config  # noqa: E402
 from deepmetric.train.loop import train  # noqa: E402
@@ -22,6 +23,7 @@ FIXTURES = {
     "inshop": lambda r: layouts.make_inshop(r, train_items=(1, 2, 3, 4, 5, 6), per_item=4),
     "cifar10": lambda r: layouts.make_cifar10(r, per_class_train=2, per_class_test=2),
     "stl10": lambda r: layouts.make_stl10(r, train_labels=(1, 2, 3, 4, 1, 2, 3, 4), test_labels=(4, 5, 6, 7, 4, 5, 6, 7)),
+    "glyphs": lambda r: make_glyphs_dataset(r),
 }
 
 
@@ -88,6 +90,11 @@ YE_SEEN = dict(batch=128, lr=0.03, momentum=0.9, weight_decay=5e-4, decay={120: 
 
 #: clovaai/embedding-expansion main.py flags used for the GoogLeNet recipes (the only ones it releases)
 EE_MAIN = dict(image_size=227, backbone="googlenet", embed_dim=512, n_inner_pts=2)
+#: its README.md commands (HPHN-triplet with and without EE on Cars196) and main.py defaults; an 'epoch' is
+#: num_instances x classes images (32 x 98 = 3,136 = 24 batches of 128)
+EE_README = dict(batch_size=128, num_instances=32, train_classes=98, image_size=227, optim="adam", lr=1e-4, wd=5e-4,
+                 lr_decay_factor=0.5, lr_decay_epochs=[400, 800, 1200, 1600], epochs=4000, margin=1e-5, soft_margin=False,
+                 recallk=[1, 2, 4, 8])
 STD_KS = {"cub200": [1, 2, 4, 8], "cars196": [1, 2, 4, 8], "sop": [1, 10, 100, 1000], "inshop": [1, 10, 20, 30, 40]}
 
 NO_SOURCE = ("mnist_", "glyphs_")  # demos on our own data: no paper, no source script
@@ -182,6 +189,19 @@ def expected(recipe):
             "optim.milestone_factors": [y["decay"][m] for m in sorted(y["decay"])], "optim.warmup_epochs": 0,
             "train.epochs": y["epochs"], "train.amp": "none", "train.monitor_split": "test", "eval.knn_accuracy": True,
             "eval.knn_k": y["knn_k"], "eval.knn_temperature": y["batch_t"],
+        }
+    if ds == "cars196" and rest in ("hphn_triplet", "hphn_triplet_ee"):
+        e = EE_README
+        return {
+            "data.sampler": "m_per_class", "data.batch_size": e["batch_size"], "data.samples_per_class": e["num_instances"],
+            "data.image_size": e["image_size"], "model.backbone": "googlenet", "model.embedding_dim": 512, "model.pooling": "avg",
+            "loss.name": "hphn_triplet", "loss.params.margin": e["margin"], "loss.params.soft_margin": e["soft_margin"],
+            "synthesis.name": "embedding_expansion" if rest.endswith("_ee") else None,
+            "optim.name": e["optim"], "optim.lr": e["lr"], "optim.weight_decay": e["wd"], "optim.scheduler": "step",
+            "optim.milestones": e["lr_decay_epochs"], "optim.gamma": e["lr_decay_factor"], "optim.warmup_epochs": 0,
+            "train.epochs": e["epochs"], "train.amp": "none", "eval.ks": e["recallk"],
+            "train.max_steps_per_epoch": e["num_instances"] * e["train_classes"] // e["batch_size"],
+            **({"synthesis.params.n": EE_MAIN["n_inner_pts"]} if rest.endswith("_ee") else {}),
         }
     if rest.startswith("multi_similarity"):
         e = EE_MAIN

@@ -15,7 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="deepmetric: deep metric learning — train, evaluate, search.")
+# rich_markup_mode=None: click's plain help layout; typer's rich panels label every flag "<bool>"
+# (including --help itself), which reads as if the flag took a value.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="deepmetric: deep metric learning — train, evaluate, search.")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -30,7 +33,8 @@ def _expected_errors() -> tuple:
     from deepmetric.checkpoint import CheckpointError
     from deepmetric.train.loop import TrainingDiverged
 
-    return (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError, KeyError, ValueError)
+    # OSError: unreadable or unwritable paths (permissions, a file where a folder is expected, a full disk)
+    return (ConfigError, CheckpointError, TrainingDiverged, OSError, KeyError, ValueError)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -63,6 +67,15 @@ def metrics_table(title: str, rows: dict) -> Table:
     return table
 
 
+#: The glyphs demo: Multi-Similarity on 32x32 glyphs, 50 steps of 32 characters x 4 typefaces per epoch.
+GLYPHS_DEMO = {
+    "name": "demo_glyphs",
+    "data": {"dataset": "glyphs", "transform": "glyphs", "image_size": 32, "batch_size": 128, "samples_per_class": 4},
+    "loss": {"name": "multi_similarity"},
+    "train": {"max_steps_per_epoch": 50},
+}
+
+
 def _report_after_training(cfg, out: Path) -> None:
     """``train.report``: the visual report of a finished run (a failed plot never costs the run)."""
     if not cfg.train.report:
@@ -80,24 +93,44 @@ def _report_after_training(cfg, out: Path) -> None:
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder (replaced if it holds an earlier demo)"),
     epochs: int = typer.Option(8, help="training epochs"),
+    data: str = typer.Option("mnist", "--data", help="mnist (embedded, nothing to install) | glyphs (Han characters; needs `make glyphs`)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="glyphs dataset folder (default data/glyphs, where `make glyphs` writes it)"),
 ) -> None:
-    """Train briefly on the embedded MNIST unseen-class split and print test metrics before and after."""
+    """Train briefly on an unseen-class split and print test metrics before and after."""
     import shutil
 
     from deepmetric.config import build_config
     from deepmetric.train.loop import train
 
+    if data not in ("mnist", "glyphs"):
+        raise ValueError(f"--data {data!r} is not a demo dataset; choose mnist or glyphs")
+    if data == "glyphs":
+        from deepmetric.data.glyphs import DEFAULT_ROOT, check
+
+        glyph_root = root or DEFAULT_ROOT
+        if not (glyph_root / "df.csv").is_file():
+            raise FileNotFoundError(f"no glyphs dataset at {glyph_root}; run `make glyphs` first (installs Debian's Han fonts and generates it)")
+        manifest = check(glyph_root)
     if (out / "last.pt").exists() and (out / "config.yaml").exists():
         shutil.rmtree(out)  # the demo folder is ours to recreate
-    # Multi-Similarity: with only 3 training classes, proxy losses collapse each class to a point and
-    # transfer less to unseen digits (benchmarks/results/accuracy.md).
-    cfg = build_config({"name": "demo", "loss": {"name": "multi_similarity"}, "train": {"epochs": epochs}}, source="demo defaults")
-    console.print(f"[bold]deepmetric demo[/]: {cfg.loss.name} on embedded MNIST (train digits 0-2, validate 3-4, test unseen 5-9)")
+    if data == "glyphs":
+        raw = {**GLYPHS_DEMO, "data": {**GLYPHS_DEMO["data"], "root": str(glyph_root)}, "train": {**GLYPHS_DEMO["train"], "epochs": epochs}}
+        cfg = build_config(raw, source="glyphs demo defaults")
+        c = manifest["counts"]
+        console.print(f"[bold]deepmetric demo[/]: {cfg.loss.name} on glyphs (train {c['train']['classes']} characters, validate "
+                      f"{c['val']['classes']}, test {c['test']['classes']} unseen characters)")
+        what, sel = "unseen characters", "validation characters"
+    else:
+        # Multi-Similarity: with only 3 training classes, proxy losses collapse each class to a point and
+        # transfer less to unseen digits (benchmarks/results/accuracy.md).
+        cfg = build_config({"name": "demo", "loss": {"name": "multi_similarity"}, "train": {"epochs": epochs}}, source="demo defaults")
+        console.print(f"[bold]deepmetric demo[/]: {cfg.loss.name} on embedded MNIST (train digits 0-2, validate 3-4, test unseen 5-9)")
+        what, sel = "unseen digits 5-9", "validation digits 3-4"
     res = train(cfg, out, evaluate_before=True, console=console)
     _report_after_training(cfg, out)
-    console.print(metrics_table("test split (unseen digits 5-9), %", {"before training": res["before"], "after training": res["test"]}))
-    console.print(f"after training = best.pt, epoch {res.get('selected_epoch')} of {epochs}, selected on the validation "
-                  f"digits 3-4 by {cfg.train.select_metric} (the test digits are never used for selection)")
+    console.print(metrics_table(f"test split ({what}), %", {"before training": res["before"], "after training": res["test"]}))
+    console.print(f"after training = best.pt, epoch {res.get('selected_epoch')} of {epochs}, selected on the {sel} "
+                  f"by {cfg.train.select_metric} (the test classes are never used for selection)")
     console.print(f"run folder: {out} (config.yaml, best.pt, last.pt, metrics.jsonl, results.json, tb/, report/)")
 
 
@@ -196,15 +229,65 @@ def list_cmd() -> None:
     from deepmetric.registry import BACKBONES, DATASETS, LOSSES, SAMPLERS, SYNTHESISERS
 
     for reg in (LOSSES, SYNTHESISERS, DATASETS, BACKBONES, SAMPLERS):
-        console.print(f"[bold]{reg.kind}s[/]: {', '.join(reg.names())}")
+        plural = reg.kind + ("es" if reg.kind.endswith("s") else "s")
+        console.print(f"[bold]{plural}[/]: {', '.join(reg.names())}")
     recipes = sorted(p.name for p in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
     if recipes:
         console.print(f"[bold]recipes[/] (configs/): {', '.join(recipes)}")
 
 
 
+# ------------------------------------------------------------------ glyphs dataset
+glyphs_app = typer.Typer(no_args_is_help=True, help="The glyphs benchmark dataset: Han characters drawn by Debian's fonts.")
+app.add_typer(glyphs_app, name="glyphs")
+
+
+@glyphs_app.command("generate")
+@friendly
+def glyphs_generate_cmd(
+    out: Path = typer.Option(Path("data/glyphs"), "--out", help="dataset folder (new, empty, or an earlier glyphs dataset)"),
+    size: int = typer.Option(64, "--size", help="image side in pixels"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="only the first N characters of GB 2312 level 1 (default all 3,755)"),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="share of the training half held out as the val split"),
+    min_typefaces: int = typer.Option(4, "--min-typefaces", help="leave out characters drawn by fewer typefaces"),
+    font_dir: Optional[List[Path]] = typer.Option(None, "--font-dir", help="font folder to scan (repeatable; default /usr/share/fonts)"),
+) -> None:
+    """Render the dataset (CSV format + manifest.json); run `make glyphs` to install the fonts first."""
+    from deepmetric.data.glyphs import DEFAULT_FONT_DIRS, generate
+
+    with console.status("rendering glyphs") as status:
+        m = generate(out, size=size, limit=limit, val_fraction=val_fraction, min_typefaces=min_typefaces,
+                     font_dirs=font_dir or DEFAULT_FONT_DIRS,
+                     progress=lambda d, n: status.update(f"rendering glyphs: {d}/{n} characters") if d % 50 == 0 else None)
+    _print_glyph_counts(out, m)
+
+
+@glyphs_app.command("check")
+@friendly
+def glyphs_check_cmd(root: Path = typer.Argument(Path("data/glyphs"), help="a glyphs dataset folder")) -> None:
+    """Verify a generated dataset against the counts in its manifest."""
+    from deepmetric.data.glyphs import check
+
+    _print_glyph_counts(root, check(root))
+
+
+def _print_glyph_counts(root: Path, m: dict) -> None:
+    table = Table(title=f"glyphs dataset {root} ({m['size']}x{m['size']}, {m['n_characters']} characters listed)")
+    for col in ("split", "characters", "images", "images per character"):
+        table.add_column(col, justify="right")
+    for s in ("train", "val", "test"):
+        c = m["counts"][s]
+        table.add_row(s, str(c["classes"]), str(c["images"]), f"{c['images'] / max(1, c['classes']):.1f}")
+    console.print(table)
+    used = [t["key"] for t in m["typefaces"] if t["faces"]]
+    console.print(f"{len(used)} typefaces: {', '.join(used)}; {len(m['dropped_characters'])} characters left out "
+                  f"(fewer than {m['min_typefaces']} typefaces)")
+    if m["missing_typefaces"]:
+        console.print(f"not installed: {', '.join(m['missing_typefaces'])} (make glyphs installs them)")
+
+
 # ------------------------------------------------------------------ index, search, serve, report, export
-index_app = typer.Typer(no_args_is_help=True, help="Gallery indexes for search: build one from a checkpoint.")
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Gallery indexes for search: build one from a checkpoint.")
 app.add_typer(index_app, name="index")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -104,7 +104,11 @@ class LossConfig(_Strict):
 
 
 class SynthesisConfig(_Strict):
-    """An optional embedding-space synthesiser wrapped around the loss."""
+    """An optional embedding-space synthesiser wrapped around the loss.
+
+    ``synthesis`` is one of these, or a list of them (several synthesisers on one loss, each with its own
+    weight; ``RunConfig.synthesisers()`` gives the list either way).
+    """
 
     name: Optional[str] = None
     params: Dict[str, Any] = Field(default_factory=dict)
@@ -194,10 +198,24 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    synthesis: Union[SynthesisConfig, List[SynthesisConfig]] = Field(default_factory=SynthesisConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def synthesisers(self) -> List[SynthesisConfig]:
+        """The configured synthesisers: [] (none), one, or the list given under ``synthesis``."""
+        if isinstance(self.synthesis, list):
+            return list(self.synthesis)
+        return [] if self.synthesis.name is None else [self.synthesis]
+
+    @model_validator(mode="after")
+    def _synthesis_list_named(self) -> "RunConfig":
+        if isinstance(self.synthesis, list):
+            unnamed = [i for i, s in enumerate(self.synthesis) if s.name is None]
+            if unnamed:
+                raise ValueError(f"synthesis[{unnamed[0]}] has no name: every entry of a synthesis list names a synthesiser")
+        return self
 
     @model_validator(mode="after")
     def _batch_divisible(self) -> "RunConfig":
@@ -226,7 +244,7 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"data.samples_per_class={d.samples_per_class} has no effect with data.sampler=random (it draws "
                 "images uniformly); set data.sampler=m_per_class to get that many images per class, or remove "
-                "data.samples_per_class"
+                "data.samples_per_class (for a config stored by an older version: --set data.samples_per_class=null)"
             )
         return self
 
@@ -323,8 +341,8 @@ def _check_registered_names(cfg: RunConfig, source: str) -> None:
     checks = [("data.dataset", cfg.data.dataset, DATASETS), ("loss.name", cfg.loss.name, LOSSES)]
     if not cfg.model.backbone.startswith("timm:"):
         checks.append(("model.backbone", cfg.model.backbone, BACKBONES))
-    if cfg.synthesis.name is not None:
-        checks.append(("synthesis.name", cfg.synthesis.name, SYNTHESISERS))
+    for i, spec in enumerate(cfg.synthesisers()):
+        checks.append((f"synthesis[{i}].name" if isinstance(cfg.synthesis, list) else "synthesis.name", spec.name, SYNTHESISERS))
     for path, name, reg in checks:
         if name not in reg:
             try:

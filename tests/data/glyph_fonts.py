@@ -93,3 +93,19 @@ def make_font(path: Path, family: str, glyphs: Dict[str, Optional[List[Rect]]], 
     path.parent.mkdir(parents=True, exist_ok=True)
     fb.save(str(path))
     return path
+
+
+def make_glyphs_dataset(root: Path, *, n_chars: int = 16, n_typefaces: int = 4, size: int = 16) -> Path:
+    """A glyphs dataset in the generator's exact layout, drawn by ``n_typefaces`` test fonts over the first
+    ``n_chars`` level-1 hanzi (half train/val, half test). Returns the dataset folder."""
+    from deepmetric.data.glyphs import Typeface, generate, level1_hanzi
+
+    chars = level1_hanzi()[:n_chars]
+    fonts = root / "fonts"
+    typefaces = []
+    for t in range(n_typefaces):
+        make_font(fonts / f"t{t}.ttf", f"Test {t}", {c: shape(i + 37 * t) for i, c in enumerate(chars)})
+        typefaces.append(Typeface(f"t{t}", "none", ((f"Test {t}", "Regular"),)))
+    out = root / "glyphs"
+    generate(out, size=size, chars=chars, typefaces=typefaces, font_dirs=[fonts], val_fraction=0.5, min_typefaces=2)
+    return out

@@ -14,7 +14,7 @@ from deepmetric.losses.baselines import MultiSimilarityWithMiner
 from deepmetric.losses.category_softmax import CategorySoftmaxLoss
 from deepmetric.losses.instance_softmax import InstanceSoftmaxLoss
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
-from deepmetric.losses.synthesis_loss import SynthesisLoss, base_kind, base_proxies
+from deepmetric.losses.synthesis_loss import ComposedSynthesisLoss, SynthesisLoss, base_kind, base_proxies
 from deepmetric.synthesis.angular_perturbation import AngularPerturbation
 from deepmetric.synthesis.embedding_expansion import EmbeddingExpansion
 from deepmetric.synthesis.intra_variance import IntraVarianceSynthesis
@@ -81,7 +81,7 @@ def triplet_mean(x, lab, triplets, margin):
     """Triplet margin loss on unit vectors, averaged over the triplets with a positive hinge."""
     u = unit(x)
     hinges = [torch.relu((u[a] - u[p]).norm() - (u[a] - u[n]).norm() + margin) for a, p, n in triplets]
-    nonzero = [h for h in hinges if float(h) > 0]
+    nonzero = [h for h in hinges if float(h.detach()) > 0]
     return sum(nonzero) / len(nonzero)
 
 
@@ -90,7 +90,7 @@ def contrastive_mean(x, lab, pairs, pos_margin=0.0, neg_margin=0.5):
     u = unit(x)
     pos = [torch.relu((u[a] - u[q]).norm() - pos_margin) for a, q in pairs if lab[a] == lab[q]]
     neg = [torch.relu(neg_margin - (u[a] - u[q]).norm()) for a, q in pairs if lab[a] != lab[q]]
-    avg = lambda v: sum(h for h in v if float(h) > 0) / max(1, sum(float(h) > 0 for h in v))  # noqa: E731
+    avg = lambda v: sum(h for h in v if float(h.detach()) > 0) / max(1, sum(float(h.detach()) > 0 for h in v))  # noqa: E731
     return avg(pos) + avg(neg)
 
 
@@ -203,10 +203,10 @@ def test_separate_triplet_and_contrastive_average_over_their_synthetic_tuples():
 def test_nothing_synthesised_is_exactly_the_base_loss():
     z, y = data()
     base = pa()
-    assert float(SynthesisLoss(base, SphericalExpansion())(z, y, generator=gen(), epoch=0, epochs=5)) == float(base(z, y))
+    assert torch.equal(SynthesisLoss(base, SphericalExpansion())(z, y, generator=gen(), epoch=0, epochs=5), base(z, y))
     ms = pml.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
     y_unique = torch.arange(24)
-    assert float(SynthesisLoss(ms, EmbeddingExpansion())(z, y_unique)) == float(ms(z, y_unique))
+    assert torch.equal(SynthesisLoss(ms, EmbeddingExpansion())(z, y_unique), ms(z, y_unique))
 
 
 # ------------------------------------------------------------------------------ "joint": real anchors
@@ -236,9 +236,9 @@ def ms_miner_pairs(x, lab, anchors, epsilon=0.1):
         if not pos or not neg:
             continue
         s = u @ u[a]
-        hardest_neg, hardest_pos = max(float(s[q]) for q in neg), min(float(s[q]) for q in pos)
-        out += [(a, q) for q in pos if float(s[q]) - epsilon < hardest_neg]
-        out += [(a, q) for q in neg if float(s[q]) + epsilon > hardest_pos]
+        hardest_neg, hardest_pos = max(float(s[q].detach()) for q in neg), min(float(s[q].detach()) for q in pos)
+        out += [(a, q) for q in pos if float(s[q].detach()) - epsilon < hardest_neg]
+        out += [(a, q) for q in neg if float(s[q].detach()) + epsilon > hardest_pos]
     return out
 
 
@@ -280,7 +280,7 @@ def test_softmax_embeddings_use_synthetic_rows_as_keys_only():
     close(inst, want)
     close(grads(inst, z)[0], grads(want, z)[0])
     # The synthetic rows' own terms would change the value: they are really left out.
-    assert abs(float(softmax_embedding_ref(zz, yy, range(16))) - float(want)) > 1e-3
+    assert abs(float(softmax_embedding_ref(zz, yy, range(16)).detach()) - float(want.detach())) > 1e-3
     with pytest.raises(ValueError, match="form='paper' has no rule for synthetic rows"):
         SynthesisLoss(InstanceSoftmaxLoss(form="paper"), ap)(z, y, generator=gen(4))
 
@@ -346,3 +346,23 @@ def test_argument_errors_and_proxy_lookup():
     assert base_proxies(arc).shape == (5, 8)
     assert base_proxies(pml.TripletMarginLoss()) is None
     assert math.isfinite(SynthesisLoss(pa(), see(fraction_schedule=(0.5, 0.5))).weight)
+
+
+# ------------------------------------------------------------------------------- several synthesisers
+
+
+def test_composed_synthesisers_add_their_own_terms_with_their_own_weights():
+    z, y = data(b=12, d=8, c=3)
+    base = pa(c=3, d=8)
+    s = see(n=2, fraction_schedule=(0.5, 0.5))
+    sym = SymmetricalSynthesis()
+    got = ComposedSynthesisLoss(base, [(s, 0.3), (sym, None)])(z, y, generator=gen(3))
+    zz, yy, syn = s(z, y, generator=gen(3), proxies=base.proxies)
+    z2, y2, _ = sym(z, y)
+    real = proxy_anchor_ref(z, y, base.proxies)
+    want = real + 0.3 * proxy_anchor_ref(zz[syn], yy[syn], base.proxies) + (proxy_anchor_ref(z2, y2, base.proxies) - real)
+    close(got, want)
+    close(grads(got, base.proxies)[0], grads(want, base.proxies)[0])
+    assert len(list(ComposedSynthesisLoss(base, [(s, 0.3), (sym, None)]).parameters())) == 1  # proxies once
+    with pytest.raises(ValueError, match="at least two synthesisers"):
+        ComposedSynthesisLoss(base, [(s, 0.3)])

@@ -138,3 +138,14 @@ def test_a_damaged_commit_is_detected(tmp_path):
     (tmp_path / "i" / "index.1.faiss").unlink()
     with pytest.raises(SearchIndexError, match="index.1.faiss is missing"):
         SearchIndex.load(tmp_path / "i")
+
+
+def test_hnsw_tombstone_search_survives_faiss_torch_patch():
+    """PML's utils.inference imports faiss.contrib.torch_utils, which replaces Index.search by a wrapper
+    without ``params``; a program that imports both must still filter tombstones."""
+    import pytorch_metric_learning.utils.inference  # noqa: F401  (applies the patch, as a user's program may)
+
+    index, x, _ = _build("hnsw", n=200)
+    index.remove([0, 1, 2])
+    _, got = index.search(x[:3], 4)
+    assert not set(got.ravel().tolist()) & {0, 1, 2} and (got >= 0).all()

@@ -181,3 +181,22 @@ def test_create_app_validates_limits(digits_index):
         create_app(digits_index, max_k=0, device="cpu")
     with pytest.raises(ValueError, match="default_k=30 must be between 1 and max_k=20"):
         create_app(digits_index, max_k=20, default_k=30, device="cpu")
+
+
+def test_unknown_routes_and_methods_answer_json_errors_and_docs_are_off(digits_index):
+    from fastapi.testclient import TestClient
+
+    from deepmetric.serve.app import create_app
+
+    client = TestClient(create_app(digits_index, device="cpu"))
+    r = client.get("/nothing/here")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    assert "/nothing/here" in r.json()["error"] and "POST /search" in r.json()["error"] and "detail" not in r.json()
+    r = client.get("/search")
+    assert r.status_code == 405 and "GET is not allowed on /search" in r.json()["error"]
+    r = client.delete("/items/1")
+    assert r.status_code == 405 and "error" in r.json()
+    # Swagger's page would load its scripts from a CDN: it is off, the JSON description stays
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").json()["info"]["title"] == "deepmetric search"
+    assert client.get("/info").json()["score"] == "cosine similarity"

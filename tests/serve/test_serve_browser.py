@@ -147,6 +147,11 @@ def test_pick_an_example_then_upload_a_file(server, browser, digits_index, tmp_p
     wait_until(lambda: len(browser.find_all("#results .tile")) == 4 and browser.attr(browser.find_all("#results .tile")[0], "data-id") == str(target),
                what="4 tiles for the uploaded image")
     assert "4 results" in browser.text("#status")
+    # The example's true class went with the example: the uploaded file is unmarked until a class is chosen
+    # (it used to keep the example's class and mark every correct result ✗).
+    assert browser.find_all("#results .tile.correct") == [] and browser.find_all("#results .tile.incorrect") == []
+    assert browser.s("GET", f"/element/{browser.find_all('#true-class')[0]}/property/value") == ""
+    assert "pick the query's true class" in browser.text("#summary")
 
     # 3. A non-image upload shows the server's error message.
     bad = tmp_path / "notes.png"

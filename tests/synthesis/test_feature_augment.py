@@ -81,15 +81,44 @@ def test_rotation_moves_by_exactly_the_angle():
 
 def test_interpolation_contract_labels_and_norms():
     z, y = batch()
-    out = FeatureInterpolation(num_synthetic=3)(z, y, generator=gen(0))
+    out = FeatureInterpolation(num_synthetic=3, views=False)(z, y, generator=gen(0))
     assert out.embeddings.shape == (16, 6) and out.labels.shape == (16,)
     assert torch.equal(out.embeddings[:10], z) and torch.equal(out.labels[:10], y)  # originals first, unchanged
     assert out.is_synthetic.tolist() == [False] * 10 + [True] * 6
     new = out.labels[10:]
     assert new.tolist() == [int(y.max()) + 1 + i for i in range(3)] * 2  # new ids, view 1 block then view 2
     torch.testing.assert_close(out.embeddings[10:].norm(dim=1), torch.ones(6, dtype=D64))
-    assert len(FeatureInterpolation()(z, y).labels) == 20  # None: as many new instances as the batch has
+    assert len(FeatureInterpolation(views=False)(z, y).labels) == 20  # None: as many new instances as the batch has
     InstanceSoftmaxLoss()(out.embeddings, out.labels)  # accepted unchanged: every id exactly twice
+
+
+def test_between_view_interpolants_are_new_views_of_every_instance_on_its_own_arc():
+    z, y = batch(m=5, d=6, seed=2)
+    alpha = 0.2
+    plain = FeatureInterpolation(num_synthetic=3, alpha=alpha, views=False)(z, y, generator=gen(1))
+    out = FeatureInterpolation(num_synthetic=3, alpha=alpha)(z, y, generator=gen(1))
+    assert out.embeddings.shape == (10 + 6 + 5 + 3, 6)
+    torch.testing.assert_close(out.embeddings[:16], plain.embeddings)  # between-instance part unchanged
+    ids = out.labels[16:]
+    new_ids = plain.labels[10:13]
+    order = torch.argsort(y[:5])  # real instances in increasing id order (instance_views), then the new ones
+    assert ids.tolist() == y[:5][order].tolist() + new_ids.tolist()
+    ends1 = torch.cat([unit(z[:5])[order], plain.embeddings[10:13]])
+    ends2 = torch.cat([unit(z[5:])[order], plain.embeddings[13:16]])
+    for r in range(8):
+        s_ = out.embeddings[16 + r : 17 + r]
+        a, b = ends1[r : r + 1], ends2[r : r + 1]
+        assert float(angle(a, s_) + angle(s_, b) - angle(a, b)) == pytest.approx(0.0, abs=1e-9)  # on the arc a-b
+        frac = float(angle(a, s_) / angle(a, b))
+        assert alpha - 1e-9 <= frac <= 1 - alpha + 1e-9
+    # Every id now appears three times: the instance loss takes the batch as it is.
+    assert set(torch.unique(out.labels, return_counts=True)[1].tolist()) == {3}
+    assert torch.isfinite(InstanceSoftmaxLoss()(out.embeddings, out.labels))
+    # Views only (no new instances): one more view per instance, nothing else.
+    only = FeatureInterpolation(num_synthetic=0)(z, y, generator=gen(1))
+    assert only.is_synthetic.sum() == 5 and only.labels[10:].tolist() == sorted(y[:5].tolist())
+    with pytest.raises(ValueError, match="views must be true or false"):
+        FeatureInterpolation(views="yes")
 
 
 def _parents(s, candidates):
@@ -140,7 +169,7 @@ def test_interpolation_is_deterministic_and_leaves_the_global_rng_alone():
 
 def test_zero_synthetic_is_the_identity():
     z, y = batch()
-    out = FeatureInterpolation(num_synthetic=0)(z, y, generator=gen(0))
+    out = FeatureInterpolation(num_synthetic=0, views=False)(z, y, generator=gen(0))
     assert out.embeddings is z and out.labels is y and not out.is_synthetic.any()
 
 

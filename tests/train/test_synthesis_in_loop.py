@@ -6,6 +6,7 @@ trainer/sphericalexpansion.py, transcribed here with numpy), and it must become 
 passed no epoch (or progress=0) would leave SEE at ρ = 0 or fail.
 """
 import numpy as np
+import pytest
 
 from deepmetric.config import build_config
 from deepmetric.synthesis.spherical_expansion import SphericalExpansion
@@ -42,3 +43,23 @@ def test_loop_drives_see_once_per_epoch_with_the_released_count(tmp_path, monkey
     expanded = [s[3] for s in seen]
     assert expanded == [released_count(b, e, n) for e, n, b, _ in seen]
     assert expanded[-1] == 7  # round(24 · 0.3): SEE is really on by the last epoch
+
+
+def test_a_list_of_synthesisers_builds_one_composed_loss_and_the_single_form_still_works():
+    from deepmetric.config import ConfigError
+    from deepmetric.losses.synthesis_loss import ComposedSynthesisLoss, SynthesisLoss
+    from deepmetric.train.loop import build_training_loss
+
+    listed = build_config({**TINY, "synthesis": [{"name": "see", "params": {"n": 2}, "weight": 0.3},
+                                                 {"name": "symmetrical"}]})
+    loss = build_training_loss(listed, num_classes=5, embedding_dim=16)
+    assert isinstance(loss, ComposedSynthesisLoss)
+    assert [type(p.synthesiser).__name__ for p in loss.parts] == ["SphericalExpansion", "SymmetricalSynthesis"]
+    assert [p.weight for p in loss.parts] == [0.3, None] and loss.parts[0].synthesiser.n == 2
+    single = build_training_loss(build_config(TINY, ["synthesis.name=see"]), num_classes=5, embedding_dim=16)
+    assert isinstance(single, SynthesisLoss) and single.weight == 0.2
+    assert build_config(TINY, []).synthesisers() == []
+    with pytest.raises(ConfigError, match="synthesis\\[1\\] has no name"):
+        build_config({**TINY, "synthesis": [{"name": "see"}, {"weight": 0.5}]})
+    with pytest.raises(ConfigError, match="synthesis\\[0\\].name"):
+        build_config({**TINY, "synthesis": [{"name": "nope"}, {"name": "see"}]})

@@ -1,12 +1,16 @@
 """deepmetric.data
 
-Every module of this sub-package is imported here so that its registry entries exist.
+Every module of this sub-package that registers datasets or samplers is imported here so that its
+registry entries exist; ``transforms`` registers nothing and imports torchvision (seconds), so it is
+imported where transforms are built.
 """
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+_REGISTER_NOTHING = {"transforms"}
 for _m in _pkgutil.iter_modules(__path__):
-    _importlib.import_module(f"{__name__}.{_m.name}")
+    if _m.name not in _REGISTER_NOTHING:
+        _importlib.import_module(f"{__name__}.{_m.name}")
 
 
 from deepmetric.data.base import DatasetError, UnreadableImageError, UnreadableImageWarning  # noqa: E402

@@ -66,6 +66,11 @@ class CSVDataset(ImageFileDataset):
         missing = [c for c in ("label", "path", "split") if c not in columns]
         if missing:
             raise DatasetError(f"CSVDataset: {path} lacks column(s) {missing} (found {columns}). Expected:\n{LAYOUT}")
+        for n, r in enumerate(rows, 2):  # a short row leaves its last fields None
+            empty = [c for c in ("label", "path", "split") if r.get(c) is None or not r[c].strip()]
+            if empty:
+                shown = ",".join(v for v in (r.get(c) for c in columns) if v is not None)
+                raise malformed("CSVDataset", path, n, shown, f"a value in column(s) {empty} (columns: {','.join(columns)})")
         if ("is_query" in columns) != ("is_gallery" in columns):
             raise DatasetError(f"CSVDataset: {path} has only one of is_query / is_gallery; give both or neither")
         available = sorted({r["split"].strip() for r in rows})

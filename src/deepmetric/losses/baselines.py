@@ -8,12 +8,27 @@ from the training set. Their trainable proxies are ordinary parameters of the re
 """
 from __future__ import annotations
 
+import importlib
+
 import torch
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
 from torch import nn
 
 from deepmetric.registry import LOSSES
+
+
+class _ImportedOnUse:
+    """A module imported at its first attribute access: importing PML costs seconds (it pulls in
+    scipy.stats), which ``deepmetric list`` and ``--help`` must not pay just to see the loss names."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+pml_losses = _ImportedOnUse("pytorch_metric_learning.losses")
+pml_miners = _ImportedOnUse("pytorch_metric_learning.miners")
 
 
 def _positive(name: str, value: float) -> None:

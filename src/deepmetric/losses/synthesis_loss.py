@@ -10,7 +10,8 @@ tuple (DESIGN: losses read ``is_synthetic``):
   proxy/classification losses score the synthetic rows alone, base(synthetic); pair and triplet
   losses take the tuples anchored on a real row whose other member(s) are synthetic, and a loss that
   averages per anchor (Multi-Similarity) averages over the real anchors that have such tuples, not
-  over every row of the enlarged batch.
+  over every row of the enlarged batch; the softmax embeddings (no tuples) take the real queries'
+  softmax over real ∪ synthetic keys.
 * ``"joint"`` (EE, Ko & Gu 2020; symmetrical, Gu & Ko 2020; feature_interpolation and
   angular_perturbation): one base loss over real ∪ synthetic with anchors on real rows, averaged over
   the real rows as base(real) is; ``hphn_triplet`` mines EE's hard negative pairs itself.
@@ -29,13 +30,12 @@ import inspect
 from typing import Optional, Tuple
 
 import torch
-from pytorch_metric_learning.losses import GenericPairLoss, NPairsLoss, TripletMarginLoss
 from torch import nn
 
 from deepmetric.losses.hphn_triplet import HPHNTripletLoss
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
 
-__all__ = ["SynthesisLoss", "base_kind", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
+__all__ = ["ComposedSynthesisLoss", "SynthesisLoss", "base_kind", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
 
 COMBINE_RULES = ("separate", "joint", "ranking")
 
@@ -68,6 +68,8 @@ def base_kind(base_loss: nn.Module) -> Tuple[str, nn.Module]:
     "rows": a loss with trainable proxies/centres; "queries": a loss whose forward takes ``is_synthetic``.
     Anything else is a ValueError: it could anchor on synthetic rows.
     """
+    from pytorch_metric_learning.losses import GenericPairLoss, NPairsLoss, TripletMarginLoss  # here: PML imports in seconds
+
     inner = base_loss if isinstance(base_loss, (GenericPairLoss, TripletMarginLoss)) else getattr(base_loss, "loss", None)
     if isinstance(inner, TripletMarginLoss):
         return "triplet", inner
@@ -264,3 +266,46 @@ class SynthesisLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"combine={self.combine!r}, weight={self.weight}, base_kind={self.kind!r}"
+
+
+class ComposedSynthesisLoss(nn.Module):
+    """Several synthesisers on one base loss, each with its own weight.
+
+    Each synthesiser i makes its own :class:`SynthesisLoss` L_i (its own rule and weight) on the same
+    base loss, and their additions to the base loss are summed::
+
+        L = base(real) + Σ_i (L_i − base(real))
+
+    so a "separate" synthesiser adds λ_i·T_i, a "ranking" one γ_i·ranking, a "joint" one the change
+    its enlarged batch makes to the base loss. With one synthesiser this is exactly L_1. The
+    synthesisers draw from ``generator`` one after the other, in list order.
+
+    Args:
+        base_loss: the shared base loss (its proxies are trained once).
+        synthesisers: ``(synthesiser, weight)`` pairs, at least two; weight None takes each rule's default.
+    """
+
+    def __init__(self, base_loss: nn.Module, synthesisers) -> None:
+        super().__init__()
+        parts = list(synthesisers)
+        if len(parts) < 2:
+            raise ValueError(f"ComposedSynthesisLoss needs at least two synthesisers, got {len(parts)}; use SynthesisLoss for one")
+        self.base_loss = base_loss
+        self.parts = nn.ModuleList([SynthesisLoss(base_loss, synth, weight=weight) for synth, weight in parts])
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        generator: Optional[torch.Generator] = None,
+        progress: float = 0.0,
+        epoch: Optional[int] = None,
+        epochs: Optional[int] = None,
+    ) -> torch.Tensor:
+        """embeddings (B, d), labels (B,) -> scalar; the keyword context goes to every synthesiser."""
+        real = self.base_loss(embeddings, labels)
+        total = real
+        for part in self.parts:
+            total = total + (part(embeddings, labels, generator=generator, progress=progress, epoch=epoch, epochs=epochs) - real)
+        return total

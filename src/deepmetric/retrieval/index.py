@@ -408,7 +408,10 @@ class SearchIndex:
             batch = faiss.IDSelectorBatch(np.asarray(dead, dtype=np.int64))  # named: must outlive the search
             selector = faiss.IDSelectorNot(batch)
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(self.inner.hnsw.efSearch))
-            scores, pos = self.inner.search(q, k, params=params)
+            # faiss.contrib.torch_utils (imported by PML's utils.inference) replaces Index.search with a
+            # wrapper that takes no params; the original stays reachable as search_numpy.
+            search = getattr(self.inner, "search_numpy", self.inner.search)
+            scores, pos = search(q, k, params=params)
             id_map = faiss.vector_to_array(self.index.id_map)
             ids = np.where(pos >= 0, id_map[np.maximum(pos, 0)], -1)
         else:

@@ -16,7 +16,8 @@ Safety: an item is addressed only by its integer row in the index metadata, neve
 indexed images can be served. Uploads are bounded in bytes (checked while reading, before parsing) and in
 pixels (checked from the image header, before decoding: a per-app limit, PIL's global
 ``Image.MAX_IMAGE_PIXELS`` is left alone); non-images are rejected with 415, damaged images with 400,
-oversize ones with 413. Every error is JSON ``{"error": "..."}`` that says what was wrong.
+oversize ones with 413. Every error, 404/405 included, is JSON ``{"error": "..."}`` that says what was
+wrong. There is no /docs page (Swagger would load from a CDN, blank offline); /openapi.json describes the API.
 """
 from __future__ import annotations
 
@@ -26,15 +27,19 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepmetric.data.base import oriented
 
 STATIC_DIR = Path(__file__).parent / "static"
+#: what a 404/405 answer lists
+ROUTES = "GET /, GET /health, GET /info, GET /openapi.json, POST /search?k=K, GET /items/{id}"
 #: Room for the multipart envelope (boundaries, part headers) on top of the image-size limit.
 MULTIPART_SLACK = 64 * 1024
 
@@ -114,12 +119,31 @@ def create_app(
     n_items = len(searcher)
     examples = _pick_examples(searcher, num_examples)
 
-    app = FastAPI(title="deepmetric search", version="1", docs_url="/docs", redoc_url=None)
+    # No /docs: FastAPI's Swagger page loads its JavaScript from a CDN (blank offline) and no installed
+    # package ships those assets; the machine-readable description stays at /openapi.json.
+    app = FastAPI(title="deepmetric search", version="1", docs_url=None, redoc_url=None)
     app.state.searcher = searcher
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own 404/405 answers, in the service's {"error"} shape with a useful message
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}; the service answers {ROUTES}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; the service answers {ROUTES}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"bad request: {where}: {first.get('msg', 'invalid')}"}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -148,6 +172,7 @@ def create_app(
             "max_upload_bytes": max_upload_bytes,
             "max_image_pixels": max_image_pixels,
             "threshold": meta.get("threshold"),  # value + how it was calibrated, or null
+            "score": "approximate inner product (ivfpq: can exceed 1)" if searcher.index.kind == "ivfpq" else "cosine similarity",
         }
 
     @app.post("/search")

@@ -57,6 +57,8 @@ def dataset_paths(dataset: Any) -> Optional[List[str]]:
 
 def _prepare_out(out: Path) -> None:
     """An empty or new folder, or an earlier index folder (replaced); never anything else."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose a new or empty folder for the index")
     if out.exists() and any(out.iterdir()):
         if not (out / META_FILE).is_file():
             raise FileExistsError(f"{out} exists and is not an index folder; choose an empty or new --out")
@@ -254,12 +256,42 @@ class IndexSearcher:
         return buf.getvalue(), "image/jpeg"
 
 
-def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto") -> List[List[Dict[str, Any]]]:
-    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`)."""
+#: largest query image (width × height) read by :func:`search_images`, as the service's default
+MAX_QUERY_PIXELS = 40_000_000
+
+
+def check_query_image(path: str | os.PathLike, *, max_pixels: int = MAX_QUERY_PIXELS) -> None:
+    """Refuse, with one clear error, a query file that is missing, not an image, or larger than
+    ``max_pixels`` (read from the header: nothing is decoded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"query image {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"query image {str(path)!r} is refused as a decompression bomb (far over {max_pixels:,} pixels)") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder error means "not an image we can read"
+        raise ValueError(f"query {str(path)!r} is not an image that can be read ({type(exc).__name__}); "
+                         "give a PNG, JPEG, WebP, BMP, GIF or TIFF file") from None
+    if width * height > max_pixels:
+        raise ValueError(f"query image {str(path)!r} has {width}×{height} = {width * height:,} pixels; the limit is "
+                         f"{max_pixels:,}: resize it first")
+
+
+def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto",
+                  max_pixels: int = MAX_QUERY_PIXELS) -> List[List[Dict[str, Any]]]:
+    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`). The files are checked
+    (:func:`check_query_image`) before the index and model are loaded, and read with the gallery's loader."""
+    from deepmetric.data.base import load_image
+
+    for p in image_paths:
+        check_query_image(p, max_pixels=max_pixels)
     searcher = IndexSearcher(index_dir, device=device)
     images = []
     for p in image_paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"query image {str(p)!r} does not exist")
-        images.append(load_image(Path(p), searcher.mode))
+        try:
+            images.append(load_image(Path(p), searcher.mode))
+        except Exception as exc:  # noqa: BLE001 - a header that reads, then damaged data
+            raise ValueError(f"query image {str(p)!r} is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
     return searcher.search(images, k)

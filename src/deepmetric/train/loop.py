@@ -31,12 +31,12 @@ from torch.utils.data import Dataset
 from torch.utils.tensorboard import SummaryWriter
 
 from deepmetric.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from deepmetric.config import RunConfig, save_config
+from deepmetric.config import RunConfig, SynthesisConfig, save_config
 from deepmetric.data.build import build_dataset
 from deepmetric.distributed import DistContext, barrier, cleanup, gather_nograd, gather_with_grad, init_distributed
 from deepmetric.inference import build_embedding_model, embed_dataset, evaluate_split
 from deepmetric.losses.build import build_loss
-from deepmetric.losses.synthesis_loss import SynthesisLoss
+from deepmetric.losses.synthesis_loss import ComposedSynthesisLoss, SynthesisLoss
 from deepmetric.models import model_signature
 from deepmetric.registry import LOSSES, SYNTHESISERS
 from deepmetric.retrieval import topk_search
@@ -61,24 +61,25 @@ def is_unsupervised(cfg: RunConfig) -> bool:
     return cfg.data.two_view
 
 
-def build_synthesiser(cfg: RunConfig) -> Optional[nn.Module]:
-    if cfg.synthesis.name is None:
-        return None
-    ctor = SYNTHESISERS.get(cfg.synthesis.name)
+def build_synthesiser(spec: SynthesisConfig) -> nn.Module:
+    """One configured synthesiser; unknown parameters are an error naming the valid ones."""
+    ctor = SYNTHESISERS.get(spec.name)
     valid = [k for k, p in inspect.signature(ctor).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    unknown = sorted(set(cfg.synthesis.params) - set(valid))
+    unknown = sorted(set(spec.params) - set(valid))
     if unknown:
-        raise ValueError(f"synthesiser {cfg.synthesis.name!r} has no parameter(s) {unknown}; valid: {', '.join(valid)}")
-    return ctor(**cfg.synthesis.params)
+        raise ValueError(f"synthesiser {spec.name!r} has no parameter(s) {unknown}; valid: {', '.join(valid)}")
+    return ctor(**spec.params)
 
 
 def build_training_loss(cfg: RunConfig, *, num_classes: int, embedding_dim: int) -> nn.Module:
-    """The configured loss, wrapped with the configured synthesiser if any."""
+    """The configured loss, wrapped with the configured synthesiser(s) if any."""
     base = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_dim=embedding_dim)
-    synth = build_synthesiser(cfg)
-    if synth is None:
+    specs = cfg.synthesisers()
+    if not specs:
         return base
-    return SynthesisLoss(base, synth, weight=cfg.synthesis.weight)
+    if len(specs) == 1:
+        return SynthesisLoss(base, build_synthesiser(specs[0]), weight=specs[0].weight)
+    return ComposedSynthesisLoss(base, [(build_synthesiser(s), s.weight) for s in specs])
 
 
 def _accepts_context(loss_fn: nn.Module) -> bool:

@@ -5,6 +5,9 @@
 const $ = (id) => document.getElementById(id);
 let info = null;
 let queryUrl = null;
+// The true class is filled in when an example is picked; a file uploaded next is another image, so the
+// example's class must not stay selected for it (it would mark every correct result ✗).
+let labelFromExample = false;
 
 function setStatus(text) { $("status").textContent = text; }
 
@@ -64,6 +67,7 @@ async function pickExample(ex) {
   if (!res.ok) { showError(`could not fetch item ${ex.id} (HTTP ${res.status})`); return; }
   const blob = await res.blob();
   $("true-class").value = ex.label === null ? "" : String(ex.label);
+  labelFromExample = true;
   await search(blob, `gallery item ${ex.id}`, ex.label);
 }
 
@@ -131,7 +135,8 @@ function render(body, label, ms) {
     const cap = document.createElement("figcaption");
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = r.score.toFixed(3);
+    score.textContent = scoreText(r.score);
+    score.title = info && info.kind === "ivfpq" ? "approximate similarity (ivfpq compresses the vectors): not a cosine, can exceed 1" : "cosine similarity";
     cap.appendChild(score);
     cap.appendChild(document.createTextNode(` · ${r.class_name !== null ? r.class_name : "?"} · #${r.id}`));
     tile.append(rank, img, cap);
@@ -148,10 +153,25 @@ function render(body, label, ms) {
   $("summary").textContent = judged ? `${correct} of ${judged} results share the query's class` : "pick the query's true class to mark results ✓/✗";
 }
 
+function uploadLabel() {
+  if (labelFromExample) {  // the class came with the previous example, not from the user
+    $("true-class").value = "";
+    labelFromExample = false;
+  }
+  return trueLabel();
+}
+
+function scoreText(score) {
+  // ivfpq scores are approximate inner products of compressed vectors: they can exceed 1, so they are
+  // not shown as cosines
+  return info && info.kind === "ivfpq" ? `≈${score.toFixed(3)}` : score.toFixed(3);
+}
+
 function wireUpload() {
+  $("true-class").addEventListener("change", () => { labelFromExample = false; });
   const input = $("file");
   input.addEventListener("change", () => {
-    if (input.files.length) search(input.files[0], input.files[0].name, trueLabel());
+    if (input.files.length) search(input.files[0], input.files[0].name, uploadLabel());
   });
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -159,7 +179,7 @@ function wireUpload() {
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    if (e.dataTransfer.files.length) search(e.dataTransfer.files[0], e.dataTransfer.files[0].name, trueLabel());
+    if (e.dataTransfer.files.length) search(e.dataTransfer.files[0], e.dataTransfer.files[0].name, uploadLabel());
   });
 }
 
