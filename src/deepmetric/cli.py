@@ -271,7 +271,7 @@ def list_cmd() -> None:
 
 
 # ------------------------------------------------------------------ glyphs dataset
-glyphs_app = typer.Typer(no_args_is_help=True, help="The glyphs benchmark dataset: Han characters drawn by Debian's fonts.")
+glyphs_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The glyphs benchmark dataset: Han characters drawn by Debian's fonts.")
 app.add_typer(glyphs_app, name="glyphs")
 
 

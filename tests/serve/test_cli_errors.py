@@ -59,6 +59,10 @@ def test_index_build_out_pointing_at_a_file_and_a_csv_row_with_a_missing_field(t
     ["report", "{bad}/notarun"],
     ["demo", "--epochs", "0", "--out", "{bad}/demo"],
     ["calibrate", "--index", "{bad}/notarun"],
+    ["index", "add", "--index", "{bad}/notarun", "{bad}/notimage.png"],
+    ["index", "remove", "--index", "{bad}/notarun", "3"],
+    ["index", "update", "--index", "{bad}/notarun", "3", "{bad}/notimage.png"],
+    ["glyphs", "check", "{bad}/notarun"],
 ])
 def test_each_command_with_bad_input_is_one_line(bad_files, command):
     _one_line(_run(*[part.format(bad=bad_files) for part in command]))
@@ -72,7 +76,8 @@ def test_embed_to_an_unwritable_place_and_export_in_an_unknown_format(tiny_run, 
 def test_help_and_list():
     res = _run("--help")
     assert res.exit_code == 0 and "<bool>" not in res.output and "--help" in res.output
-    assert "<bool>" not in _run("train", "--help").output
+    for command in (["train"], ["index", "build"], ["glyphs", "generate"], ["search"]):
+        assert "<bool>" not in _run(*command, "--help").output, command
     res = _run("list")
     assert res.exit_code == 0 and "losses:" in res.output and "losss" not in res.output
 
