@@ -82,7 +82,7 @@ class ModelConfig(_Strict):
     backbone: str = "small_cnn"
     pretrained: Optional[str] = None
     embedding_dim: int = Field(64, gt=0)
-    pooling: Literal["avg", "max", "avgmax"] = "avg"
+    pooling: Literal["avg", "max", "avgmax", "gem"] = "avg"
     #: "bn"/"ln": BatchNorm1d/LayerNorm after the Linear layer; "pre_ln": LayerNorm without affine
     #: parameters on the backbone features before the Linear layer (SEE's ``--use_lastnorm``).
     head_norm: Literal["none", "bn", "ln", "pre_ln"] = "none"

@@ -133,7 +133,8 @@ def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional
         embedding_dim: output dimension d.
         pretrained: None, a local weights file, or ``"offline"`` (packaged weights; see
             ``deepmetric.models.pretrained``). Never downloads.
-        pooling: ``"avg"``, ``"max"`` or ``"avgmax"`` (GAP + GMP) for CNNs; ignored by ViTs (CLS token).
+        pooling: ``"avg"``, ``"max"``, ``"avgmax"`` (GAP + GMP) or ``"gem"`` (generalised mean, learned p)
+            for CNNs; ignored by ViTs (CLS token).
         head_norm: ``"none"``, ``"bn"`` (BatchNorm1d) or ``"ln"`` (LayerNorm) after the Linear layer, or
             ``"pre_ln"`` (LayerNorm without affine parameters before it; see ``EmbeddingHead``).
         normalize: L2-normalise the embeddings.
