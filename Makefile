@@ -37,8 +37,10 @@ glyph-fonts:
 glyphs: $(STAMP) glyph-fonts
 	$(BIN)/deepmetric glyphs generate --out $(GLYPHS_DIR)
 
+# worksteal: tests are shared out one by one and an idle worker takes queued tests from the busy one
+# (with loadfile the one file of recipe tests ran on one worker for most of the suite's time).
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -52,6 +52,9 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     strict_images: bool = False
     neighbour_positives: float = Field(0.0, ge=0.0, le=1.0)
+    #: where neighbour positives are searched each epoch: the L2-normalised pooled backbone features
+    #: (the released CUB code's pool5) or the embedding the head produces.
+    neighbour_space: Literal["backbone", "embedding"] = "backbone"
     max_train_items: Optional[int] = Field(None, gt=0)
 
     @model_validator(mode="after")

@@ -40,33 +40,44 @@ def _loss(name):
     return build_loss(name, num_classes=4, embedding_dim=5).double()
 
 
-def _worker(rank, world, port, name, out):
+LOSS_NAMES = ("multi_similarity", "proxy_anchor", "ntxent")
+
+
+def _worker(rank, world, port, names, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     ctx = DistContext(rank=rank, world_size=world)
     x, y = _batch()
     per = len(x) // world
-    model = torch.nn.parallel.DistributedDataParallel(_model())
-    loss_fn = _loss(name)
-    emb = torch.nn.functional.normalize(model(x[rank * per:(rank + 1) * per]), dim=1)
-    emb_all = gather_with_grad(emb, ctx)
-    y_all = gather_nograd(y[rank * per:(rank + 1) * per], ctx)
-    loss = loss_fn(emb_all, y_all)
-    loss.backward()
-    torch.save({"loss": loss.detach(), "w": model.module.weight.grad, "b": model.module.bias.grad,
-                "proxies": [p.grad for p in loss_fn.parameters()]}, f"{out}/rank{rank}.pt")
+    for name in names:  # one process group for every loss: each spawn costs two interpreter start-ups
+        model = torch.nn.parallel.DistributedDataParallel(_model())
+        loss_fn = _loss(name)
+        emb = torch.nn.functional.normalize(model(x[rank * per:(rank + 1) * per]), dim=1)
+        emb_all = gather_with_grad(emb, ctx)
+        y_all = gather_nograd(y[rank * per:(rank + 1) * per], ctx)
+        loss = loss_fn(emb_all, y_all)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "w": model.module.weight.grad, "b": model.module.bias.grad,
+                    "proxies": [p.grad for p in loss_fn.parameters()]}, f"{out}/{name}_rank{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["multi_similarity", "proxy_anchor", "ntxent"])
-def test_gathered_loss_and_gradients_equal_single_process(tmp_path, name):
-    mp.spawn(_worker, args=(2, _free_port(), name, str(tmp_path)), nprocs=2, join=True)
+@pytest.fixture(scope="module")
+def gathered_runs(tmp_path_factory):
+    """Two gloo processes computed every loss of LOSS_NAMES on their halves of one batch (files per rank)."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(2, _free_port(), LOSS_NAMES, str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_gathered_loss_and_gradients_equal_single_process(gathered_runs, name):
     x, y = _batch()
     model, loss_fn = _model(), _loss(name)
     loss = loss_fn(torch.nn.functional.normalize(model(x), dim=1), y)
     loss.backward()
     for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+        got = torch.load(gathered_runs / f"{name}_rank{rank}.pt")
         assert torch.allclose(got["loss"], loss.detach(), atol=1e-12)
         assert torch.allclose(got["w"], model.weight.grad, atol=1e-10)
         assert torch.allclose(got["b"], model.bias.grad, atol=1e-10)
