@@ -181,7 +181,7 @@ def main() -> None:
     a = ap.parse_args()
     m = machine()
     lines = ["# Retrieval extensions: open-set, re-ranking, deployed-index quality, GPU kNN", "",
-             f"Command: `python benchmarks/bench_retrieval.py --n {a.n} --d {a.d} --classes {a.classes} --lifecycle-n {a.lifecycle_n} --epochs {a.epochs}`  ",
+             f"Command: `{'OMP_NUM_THREADS=' + os.environ['OMP_NUM_THREADS'] + ' ' if 'OMP_NUM_THREADS' in os.environ else ''}python benchmarks/bench_retrieval.py --n {a.n} --d {a.d} --classes {a.classes} --lifecycle-n {a.lifecycle_n} --epochs {a.epochs}`  ",
              f"Date: {dt.datetime.now().isoformat(timespec='seconds')}  ",
              f"Machine: {m}; load average (1 min) at the start: {os.getloadavg()[0]:.1f} "
              "(above the core count, other jobs shared the machine: compare the ratios, not the seconds)", ""]
