@@ -9,7 +9,7 @@ The table reports mean ± std over seeds and, for each seed method, the paired d
 The benchmark dataset is the first ``--chars`` characters of GB 2312 level 1 (first half train, its last 20%
 validation, second half test), generated on first use under ``data/`` from the installed fonts (``make glyphs``).
 
-    python benchmarks/bench_glyphs.py                      # the committed table (3 seeds; see SIZE below)
+    python benchmarks/bench_glyphs.py                      # the table (3 seeds, ~70 min on 2 cores; see SIZE)
     python benchmarks/bench_glyphs.py --seeds 0 --recipes proxy_anchor proxy_anchor_see --out runs/pilot
 
 Results go to benchmarks/results/glyphs[_effnet].{md,json} with the machine, the date and the wall time.
@@ -52,8 +52,13 @@ METHODS = [
 METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("recall@8", "R@8"), ("map@r", "MAP@R"), ("nmi", "NMI")]
 
 #: The committed table's size, chosen so that 14 methods × 3 seeds fit in 90 minutes on a quiet 2-core CPU
-#: (estimate from the pilot in the module's README section).
-SIZE = {"chars": 600, "image_size": 32, "epochs": 4, "steps": 30, "batch_size": 128, "samples_per_class": 4}
+#: with --jobs 2 (two runs at a time, one thread each). Estimate from a pilot (one seed, 1 epoch of 5 and of
+#: 15 steps, 600 characters at 32 px, measured in CPU seconds because the machine was shared, load ~20):
+#: Proxy-Anchor 1.24 CPU s per step of 128 images, instance softmax (two views) 2.76, about 30 CPU s per run
+#: for set-up and the 4 validation + 1 test evaluations. A run of 4 × 25 steps: ~154 CPU s supervised,
+#: ~306 two-view (+~40 for the neighbour search); 10 supervised + 4 two-view methods × 3 seeds ≈ 8,400 CPU s,
+#: i.e. ≈ 70 min on 2 cores. Not measured: the extra cost of EE / SEE / intra-variance (small next to a step).
+SIZE = {"chars": 600, "image_size": 32, "epochs": 4, "steps": 25, "batch_size": 128, "samples_per_class": 4}
 
 
 def dataset_root(chars: int, image_size: int) -> Path:
@@ -141,7 +146,7 @@ def main() -> None:
     for k, v in SIZE.items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     ap.add_argument("--recipes", nargs="*", default=None, help="method suffixes (e.g. proxy_anchor proxy_anchor_see); default all")
-    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time; each uses cpu_count / jobs threads")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/glyphs[_effnet][_dN])")
     a = ap.parse_args()
@@ -162,8 +167,12 @@ def main() -> None:
     threads = max(1, (os.cpu_count() or 2) // a.jobs)
     jobs = [(prefix + suffix, s, size, str(root), a.device, threads, a.dim) for _, suffix, _ in methods for s in a.seeds]
     started = time.perf_counter()
+    results = []
     with ProcessPoolExecutor(a.jobs) as pool:
-        results = list(pool.map(run_one, jobs))
+        for r in pool.map(run_one, jobs):
+            results.append(r)
+            print(f"[{len(results)}/{len(jobs)}] {r['recipe']} seed {r['seed']}: R@1 {100 * r['recall@1']:.2f}, MAP@R "
+                  f"{100 * r['map@r']:.2f}, {r['wall_seconds']:.0f} s wall, {r['cpu_seconds']:.0f} CPU s", flush=True)
     wall = time.perf_counter() - started
 
     from common import machine

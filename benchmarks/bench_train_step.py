@@ -135,8 +135,12 @@ def synthesis_overhead(backbone, *, in_chans, size, classes, per_class, dim, ste
 
         def step():
             opt.zero_grad(set_to_none=True)
-            z = model(x)
-            loss = loss_fn(z, y, generator=gen, progress=0.5, epoch=5, epochs=10) if synth else loss_fn(z, y)
+            if getattr(loss_fn, "uses_features", False):  # intra-variance grades features before the head
+                f, z = model(x, return_features=True)
+                loss = loss_fn(z, y, generator=gen, progress=0.5, epoch=5, epochs=10, features=f, head=model.head)
+            else:
+                z = model(x)
+                loss = loss_fn(z, y, generator=gen, progress=0.5, epoch=5, epochs=10) if synth else loss_fn(z, y)
             loss.backward()
             opt.step()
 

@@ -18,6 +18,7 @@ PARTS = [
     ("Training step throughput", "train_step.md", ["bench_train_step.py"]),
     ("Search service load test", "serve.md", ["bench_serve.py"]),
     ("Retrieval extensions: open-set, re-ranking, deployed-index quality", "retrieval.md", ["bench_retrieval.py"]),
+    ("Intra-variance ranking: share of the gradient at the recipe defaults", "intra_variance.md", ["bench_intra_variance.py"]),
     ("Accuracy on the embedded MNIST split", "accuracy.md", None),
 ]
 

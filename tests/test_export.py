@@ -52,3 +52,32 @@ def test_bad_arguments(tmp_path, model):
         export_model(model, tmp_path / "m", format="tflite", example_input=torch.randn(1, 1, 28, 28))
     with pytest.raises(ValueError, match=r"\(1, 28, 28\)"):
         export_model(model, tmp_path / "m.onnx", example_input=torch.randn(1, 28, 28))
+
+
+def test_onnx_file_carries_the_preprocessing(tmp_path, model):
+    pytest.importorskip("onnxruntime")
+    from deepmetric.data.transforms import build_transform
+    from deepmetric.export import preprocessing_metadata, read_onnx_metadata
+
+    meta = preprocessing_metadata(build_transform("mnist", train=False, image_size=28, resize=None), image_size=28, resize=None, channels=1)
+    assert meta["mean"] == pytest.approx([0.1307]) and meta["std"] == pytest.approx([0.3081])
+    assert meta["channels"] == 1 and meta["image_mode"] == "L" and meta["channel_order"] == "RGB"
+    path = export_model(model, tmp_path / "m.onnx", format="onnx", example_input=torch.randn(2, 1, 28, 28), metadata=meta)
+    assert read_onnx_metadata(path) == meta
+    imagenet = preprocessing_metadata(build_transform("imagenet", train=False, image_size=224, resize=256), image_size=224, resize=256, channels=3)
+    assert imagenet["mean"] == pytest.approx([0.485, 0.456, 0.406]) and imagenet["resize"] == 256
+
+
+def test_missing_onnx_is_a_clear_message(tmp_path, model, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name == "onnx":
+            raise ImportError("No module named 'onnx'", name="onnx")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(ValueError, match=r"'export' extra \(onnx is not installed\).*deepmetric\[export\]"):
+        export_model(model, tmp_path / "m.onnx", format="onnx", example_input=torch.randn(2, 1, 28, 28))

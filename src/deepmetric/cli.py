@@ -161,14 +161,47 @@ def eval_cmd(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set data.root=/data/CUB"),
     detail: bool = typer.Option(False, "--detail", help="also P@k, mAP@k (tie-neutral), FNMR@FMR and a per-class table"),
     per_class: Optional[Path] = typer.Option(None, "--per-class", help="with --detail: write the per-class metrics to this JSON file"),
+    rerank: Optional[str] = typer.Option(None, "--rerank", help="also score after re-ranking: qe | dba | dba+qe | k_reciprocal"),
+    index: Optional[str] = typer.Option(None, "--index", help="also score through deployed indexes, e.g. hnsw,ivfpq,float16,int8,pca32 (with size and latency)"),
 ) -> None:
     """Evaluate a checkpoint on a split with the config stored inside it."""
     from deepmetric.inference import evaluate_checkpoint
 
+    if rerank is not None:
+        from deepmetric.retrieval.rerank import METHODS
+
+        if rerank not in METHODS:
+            raise ValueError(f"--rerank {rerank!r} is not one of {', '.join(METHODS)}")
     metrics = evaluate_checkpoint(checkpoint, split=split, overrides=set_ or [])
-    console.print(metrics_table(f"{checkpoint} on '{split}', %", {split: metrics}))
+    rows = {split: metrics}
+    if rerank is not None:
+        from deepmetric.retrieval.rerank import rerank_metrics
+        from deepmetric.inference import embed_checkpoint
+
+        emb, labels = embed_checkpoint(checkpoint, split=split, overrides=set_ or [])
+        ks = tuple(int(k[len("recall@"):]) for k in metrics if k.startswith("recall@"))
+        rows[f"{split}, {rerank}"] = rerank_metrics(emb, labels, method=rerank, ks=ks or (1, 2, 4, 8))
+    console.print(metrics_table(f"{checkpoint} on '{split}', %", rows))
+    if index is not None:
+        _print_deployed(checkpoint, split, set_ or [], [v.strip() for v in index.split(",") if v.strip()])
     if detail:
         _print_detail(checkpoint, split, set_ or [], per_class)
+
+
+def _print_deployed(checkpoint: Path, split: str, overrides: List[str], variants: List[str]) -> None:
+    """R@K / MAP@R through each deployed index variant next to exact search, with size and latency."""
+    from deepmetric.retrieval.deployed import deployed_quality
+    from deepmetric.inference import embed_checkpoint
+
+    emb, labels = embed_checkpoint(checkpoint, split=split, overrides=overrides)
+    rows = deployed_quality(emb, labels, variants=variants)
+    table = Table(title=f"'{split}' through deployed indexes (self-search), %")
+    for col in ("index", "R@1", "R@8", "MAP@R", "MiB", "bytes/item", "ms/query"):
+        table.add_column(col, justify="left" if col == "index" else "right")
+    for r in rows:
+        table.add_row(r["variant"] + (" (exact)" if r["variant"] == "flat" else ""), f"{100 * r['recall@1']:.2f}", f"{100 * r['recall@8']:.2f}",
+                      f"{100 * r['map@r']:.2f}", f"{r['bytes'] / 2**20:.2f}", f"{r['bytes_per_item']:.0f}", f"{r['latency_ms']:.3f}")
+    console.print(table)
 
 
 def _print_detail(checkpoint: Path, split: str, overrides: List[str], per_class_out: Optional[Path]) -> None:
@@ -310,17 +343,60 @@ def index_build_cmd(
     console.print(f"indexed {len(index)} items of {what} ({index.dim}-d, {index.kind}) into {out}")
 
 
+@index_app.command("add")
+@friendly
+def index_add_cmd(
+    images: List[Path] = typer.Argument(..., help="image file(s) to add"),
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+    class_name: Optional[str] = typer.Option(None, "--class", help="their class name (a new name becomes a new class)"),
+) -> None:
+    """Embed images with the index's own model and add them; the other items are not re-embedded."""
+    from deepmetric.serve.indexing import add_to_index
+
+    ids = add_to_index(index, images, class_name=class_name)
+    console.print(f"added {len(ids)} item(s) to {index}: ids {', '.join(map(str, ids))}")
+
+
+@index_app.command("remove")
+@friendly
+def index_remove_cmd(
+    ids: List[int] = typer.Argument(..., help="item id(s) to remove"),
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+) -> None:
+    """Remove items by id (HNSW: tombstones, the graph is rebuilt when they reach a quarter of it)."""
+    from deepmetric.serve.indexing import remove_from_index
+
+    left = remove_from_index(index, ids)
+    console.print(f"removed {len(ids)} item(s) from {index}; {left} left")
+
+
+@index_app.command("update")
+@friendly
+def index_update_cmd(
+    item_id: int = typer.Argument(..., help="id of the item to replace"),
+    image: Path = typer.Argument(..., help="its new image file"),
+    index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
+    class_name: Optional[str] = typer.Option(None, "--class", help="its new class name (default: keep)"),
+) -> None:
+    """Re-embed one item from a new image, keeping its id."""
+    from deepmetric.serve.indexing import update_in_index
+
+    update_in_index(index, item_id, image, class_name=class_name)
+    console.print(f"updated item {item_id} of {index} from {image}")
+
+
 @app.command("search")
 @friendly
 def search_cmd(
     images: List[Path] = typer.Argument(..., help="query image file(s)"),
     index: Path = typer.Option(..., "--index", help="an index folder (deepmetric index build)"),
     k: int = typer.Option(10, "-k", "--k", min=1, help="neighbours per query"),
+    qe: int = typer.Option(0, "--qe", min=0, help="re-rank by alpha-query expansion over this many neighbours (0 = off)"),
 ) -> None:
     """Print the k most similar gallery items of each query image."""
     from deepmetric.serve.indexing import search_images
 
-    results = search_images(index, images, k)  # a bad index folder is a SearchIndexError (ValueError): one red line
+    results = search_images(index, images, k, qe=qe)  # a bad index folder is a SearchIndexError (ValueError): one red line
     for path, rows in zip(images, results):
         table = Table(title=f"{path}: top {len(rows)}")
         for col, justify in (("rank", "right"), ("id", "right"), ("score", "right"), ("class", "left"), ("item", "left")):
@@ -373,13 +449,14 @@ def serve_cmd(
     port: int = typer.Option(8000, help="TCP port"),
     max_upload_mb: float = typer.Option(10.0, help="largest accepted image file, in MB"),
     max_k: int = typer.Option(100, help="largest k a request may ask for"),
+    allow_edits: bool = typer.Option(False, "--allow-edits", help="enable POST/PUT/DELETE /items (adding, replacing, removing gallery items)"),
 ) -> None:
     """Serve the index over HTTP: a web page at /, POST /search, GET /items/{id}, GET /health."""
     import uvicorn
 
     from deepmetric.serve.app import create_app
 
-    web = create_app(index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k)
+    web = create_app(index, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k, allow_edits=allow_edits)
     console.print(f"serving {index} on http://{host}:{port}/ (Ctrl+C stops)")
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
@@ -413,10 +490,13 @@ def export_cmd(
     from deepmetric.export import export_model
     from deepmetric.inference import Embedder
 
+    from deepmetric.export import preprocessing_metadata
+
     embedder = Embedder.from_checkpoint(checkpoint, set_ or [], device="cpu")
     size = embedder.cfg.data.image_size
     example = torch.rand(2, embedder.in_chans, size, size, generator=torch.Generator().manual_seed(0))
-    path = export_model(embedder.model, out, format=format, example_input=example)
+    meta = preprocessing_metadata(embedder.transform, image_size=size, resize=embedder.cfg.data.resize, channels=embedder.in_chans)
+    path = export_model(embedder.model, out, format=format, example_input=example, metadata=meta if format == "onnx" else None)
     console.print(f"wrote {format} model to {path} (images (B, {example.shape[1]}, {size}, {size}) -> embeddings (B, {embedder.cfg.model.embedding_dim}))")
 
 

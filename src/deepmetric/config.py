@@ -52,6 +52,9 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     strict_images: bool = False
     neighbour_positives: float = Field(0.0, ge=0.0, le=1.0)
+    #: where neighbour positives are searched each epoch: the L2-normalised pooled backbone features
+    #: (the released CUB code's pool5) or the embedding the head produces.
+    neighbour_space: Literal["backbone", "embedding"] = "backbone"
     max_train_items: Optional[int] = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -79,7 +82,7 @@ class ModelConfig(_Strict):
     backbone: str = "small_cnn"
     pretrained: Optional[str] = None
     embedding_dim: int = Field(64, gt=0)
-    pooling: Literal["avg", "max", "avgmax"] = "avg"
+    pooling: Literal["avg", "max", "avgmax", "gem"] = "avg"
     #: "bn"/"ln": BatchNorm1d/LayerNorm after the Linear layer; "pre_ln": LayerNorm without affine
     #: parameters on the backbone features before the Linear layer (SEE's ``--use_lastnorm``).
     head_norm: Literal["none", "bn", "ln", "pre_ln"] = "none"

@@ -19,7 +19,7 @@ def batch(seed=0):
     p = torch.randn(3, 8, generator=g, dtype=D64)
     y = torch.arange(12) % 3
     z = unit(p)[y] + 0.5 * torch.randn(12, 8, generator=g, dtype=D64)
-    out = IntraVarianceSynthesis(num_intensities=3, alpha=0.5, band=(-1.0, 1.0))(z, y, generator=g, proxies=p)
+    out = IntraVarianceSynthesis(num_intensities=3, alpha=0.5, band=(-1.0, 1.0), space="embedding")(z, y, generator=g, proxies=p)
     return out, p
 
 

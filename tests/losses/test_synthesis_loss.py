@@ -324,7 +324,7 @@ def test_ranking_rule_is_base_plus_gamma_ranking():
     base = pml.ProxyAnchorLoss(3, 16, margin=0.1, alpha=32)
     y = torch.arange(30) % 3
     z = unit(base.proxies.detach())[y] + 0.3 * torch.randn(30, 16, generator=g)
-    iv = IntraVarianceSynthesis(band=(0.3, 0.99), margin=0.08, class_margin=0.2)
+    iv = IntraVarianceSynthesis(band=(0.3, 0.99), margin=0.08, class_margin=0.2, space="embedding")
     loss = SynthesisLoss(base, iv)
     assert loss.weight == iv.weight and loss.ranking_loss.margin == 0.08 and loss.ranking_loss.class_margin == 0.2
     got = loss(z, y, generator=gen(2))

@@ -112,3 +112,38 @@ def test_eval_detail_prints_topk_fnmr_and_writes_per_class(tiny_run, tmp_path):
     written = json.loads(out.read_text())
     assert set(written) == {str(c) for c in ref}
     assert written["0"]["map@20"] == pytest.approx(ref[0]["map@20"])
+
+
+def test_eval_rerank_adds_a_row_equal_to_rerank_metrics(tiny_run):
+    from deepmetric.retrieval.rerank import rerank_metrics
+    from deepmetric.inference import embed_checkpoint
+
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--rerank", "dba"])
+    assert r.exit_code == 0, r.output
+    emb, y = embed_checkpoint(tiny_run / "best.pt", split="val")
+    ref = rerank_metrics(emb, y, method="dba")
+    row = next(ln for ln in r.output.splitlines() if "val, dba" in ln)
+    assert f"{100 * ref['map@r']:.2f}" in row and f"{100 * ref['recall@1']:.2f}" in row
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--rerank", "magic"])
+    assert r.exit_code == 2 and "not one of" in r.output
+
+
+def test_eval_index_reports_each_variant(tiny_run):
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--index", "hnsw,float16,pca8"])
+    assert r.exit_code == 0, r.output
+    for name in ("flat (exact)", "hnsw", "float16", "pca8"):
+        assert name in r.output
+    r = runner.invoke(app, ["eval", "--checkpoint", str(tiny_run / "best.pt"), "--split", "val", "--index", "lsh"])
+    assert r.exit_code == 2 and "not one of" in r.output
+
+
+def test_cli_onnx_export_carries_the_preprocessing(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from deepmetric.export import read_onnx_metadata
+
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(app, ["export", "--checkpoint", str(tiny_run / "best.pt"), "--format", "onnx", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    meta = read_onnx_metadata(out)
+    assert meta["image_size"] == 8 and meta["channels"] == 1 and meta["image_mode"] == "L"
+    assert len(meta["mean"]) == len(meta["std"]) == 1

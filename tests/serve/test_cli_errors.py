@@ -75,3 +75,17 @@ def test_help_and_list():
     assert "<bool>" not in _run("train", "--help").output
     res = _run("list")
     assert res.exit_code == 0 and "losses:" in res.output and "losss" not in res.output
+
+
+def test_list_and_help_import_no_heavy_library():
+    # `deepmetric list` / `--help` should start in about the time of `import torch`: the libraries that
+    # take seconds to import are imported only by the code that uses them (checked by name, not by time)
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from deepmetric.cli import app; "
+            "assert CliRunner().invoke(app, ['list']).exit_code == 0; "
+            "heavy = ('torchvision', 'timm', 'faiss', 'pytorch_metric_learning', 'sklearn', 'scipy', 'matplotlib', "
+            "'tensorboard', 'fastapi', 'uvicorn', 'onnx'); print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -22,7 +22,7 @@ def data(b=30, d=16, c=3, seed=0):
 
 def test_band_gating_shapes_and_formula():
     z, y, p = data()
-    iv = IntraVarianceSynthesis(num_intensities=3, alpha=0.3, band=(0.6, 0.8))
+    iv = IntraVarianceSynthesis(num_intensities=3, alpha=0.3, band=(0.6, 0.8), space="embedding")
     assert SYNTHESISERS.get("intra_variance") is IntraVarianceSynthesis
     g = torch.Generator().manual_seed(0)
     out = iv(z, y, generator=g, proxies=p)
@@ -40,9 +40,9 @@ def test_band_gating_shapes_and_formula():
     torch.testing.assert_close(out.embeddings[out.is_synthetic], want)
 
 
-def test_similarity_to_source_decreases_with_intensity():
+def test_embedding_space_similarity_to_source_decreases_with_intensity_by_construction():
     z, y, p = data(b=60, d=32)
-    out = IntraVarianceSynthesis(num_intensities=4, alpha=0.2, band=(-1.0, 1.0))(z, y, generator=torch.Generator().manual_seed(3), proxies=p)
+    out = IntraVarianceSynthesis(num_intensities=4, alpha=0.2, band=(-1.0, 1.0), space="embedding")(z, y, generator=torch.Generator().manual_seed(3), proxies=p)
     syn = out.embeddings[out.is_synthetic].reshape(60, 4, 32)
     src = unit(z)[out.owner[out.is_synthetic, 0].reshape(60, 4)[:, 0]]
     s = (syn * src[:, None]).sum(-1)
@@ -53,7 +53,7 @@ def test_similarity_to_source_decreases_with_intensity():
 
 def test_empty_band_is_identity_and_guards():
     z, y, p = data()
-    out = IntraVarianceSynthesis(band=(0.99, 1.0))(z, y, proxies=p)
+    out = IntraVarianceSynthesis(band=(0.99, 1.0), space="embedding")(z, y, proxies=p)
     assert not out.is_synthetic.any() and torch.equal(out.embeddings, z)
     with pytest.raises(ValueError, match="band must be"):
         IntraVarianceSynthesis(band=(0.5, 0.2))
@@ -63,7 +63,7 @@ def test_empty_band_is_identity_and_guards():
 
 def test_permutation_and_determinism():
     z, y, p = data()
-    iv = IntraVarianceSynthesis(band=(0.5, 0.9))
+    iv = IntraVarianceSynthesis(band=(0.5, 0.9), space="embedding")
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(2))
     a = iv(z, y, generator=torch.Generator().manual_seed(7), proxies=p)
     b = iv(z[perm], y[perm], generator=torch.Generator().manual_seed(7), proxies=p)
@@ -71,3 +71,17 @@ def test_permutation_and_determinism():
     c = iv(z, y, proxies=p)
     d = iv(z, y, generator=torch.Generator().manual_seed(0), proxies=p)
     assert torch.equal(c.embeddings, d.embeddings)
+
+
+def test_embedding_space_points_carry_gradient_to_their_sources_unless_detached():
+    z, y, p = data()
+    grads = {}
+    for detach in (False, True):
+        zz = z.clone().requires_grad_(True)
+        out = IntraVarianceSynthesis(band=(0.5, 0.9), space="embedding", detach=detach)(zz, y, generator=torch.Generator().manual_seed(1), proxies=p)
+        w = torch.randn(out.embeddings.shape, generator=torch.Generator().manual_seed(2), dtype=D64)
+        (g,) = torch.autograd.grad((out.embeddings[out.is_synthetic] * w[out.is_synthetic]).sum(), [zz], allow_unused=True)
+        grads[detach] = torch.zeros_like(z) if g is None else g
+    sources = out.owner[out.is_synthetic, 0].unique()
+    assert bool((grads[False][sources].norm(dim=1) > 1e-6).all())  # every source gets a gradient from its points
+    assert float(grads[True].norm()) == 0.0

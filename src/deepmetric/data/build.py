@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, List, Sequence, Tuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from deepmetric.data.transforms import build_transform
 from deepmetric.registry import DATASETS
 
 if TYPE_CHECKING:  # the config module (pydantic) is not needed to import deepmetric.data
@@ -54,6 +53,8 @@ def build_dataset(cfg: RunConfig, split: str, *, train: bool, transform: Any = "
     """
     d = cfg.data
     if transform == "default":
+        from deepmetric.data.transforms import build_transform  # here: torchvision imports in seconds
+
         transform = build_transform(d.transform, train=train, image_size=d.image_size, resize=d.resize, crop_scale=d.crop_scale)
     cls = DATASETS.get(d.dataset)
     holdout = d.val_split == "holdout" and split in ("holdout", d.train_split)

@@ -33,6 +33,7 @@ __all__ = [
     "chord_points",
     "reflect",
     "intensity_points",
+    "feature_intensity_points",
 ]
 
 #: A residual ‖r‖ = ‖z − (z·w)w‖ below this (for unit z) means z ∥ w: no direction to expand around.
@@ -270,3 +271,25 @@ def intensity_points(r: torch.Tensor, directions: torch.Tensor, alpha: float) ->
     """
     j = torch.arange(1, directions.shape[1] + 1, dtype=r.dtype, device=r.device)[None, :, None]
     return l2_normalize(r[:, None, :] + j * alpha * l2_normalize(directions))
+
+
+def feature_intensity_points(features: torch.Tensor, noise: torch.Tensor, spread: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Intra-variance synthesis before the embedding head (SPEC §5 default **[choice]**, Liu et al., EAAI 2024).
+
+    f^j = f + j·α·‖σ‖·normalise(ε^j ⊙ σ), j = 1..J: intensity j moves the feature j·α times the batch's
+    spread ‖σ‖ (the root-mean-square distance of a feature to the batch mean), in a random direction
+    shaped like the batch's own variation (dimensions that do not vary in the batch are not perturbed).
+    The embedding head then maps f^j; nothing fixes how far its image lies from the source's embedding.
+
+    Args:
+        features: (m, F) source features f (pooled backbone features, not normalised).
+        noise: (m, J, F) standard normal draws ε^j.
+        spread: (F,) per-dimension standard deviation σ of the batch's features (a constant here).
+        alpha: step α > 0 per intensity, in units of ‖σ‖.
+
+    Returns:
+        (m, J, F) features; row [i, j−1] is intensity j of source i.
+    """
+    j = torch.arange(1, noise.shape[1] + 1, dtype=features.dtype, device=features.device)[None, :, None]
+    step = l2_normalize(noise * spread) * spread.norm()
+    return features[:, None, :] + j * alpha * step

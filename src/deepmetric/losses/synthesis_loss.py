@@ -23,11 +23,16 @@ explicit tuples with the real rows as queries and real ∪ synthetic as PML's re
 category softmax) use synthetic rows as keys only; proxy/classification losses (trainable per-class
 weights or centres: Proxy-Anchor, normalised softmax, ArcFace, CosFace, SoftTriple) anchor on their
 proxies, and synthetic rows are scored like real ones. Any other loss is refused with an error.
+
+``forward(..., return_terms=True)`` returns :class:`LossTerms` (loss, base, aux, weight), loss = base +
+weight·aux, which the training loop logs as ``loss_base`` and ``loss_aux``. Synthesisers that work
+before the embedding head (intra-variance, ``space="features"``) also get the context ``features=`` and
+``head=`` that the loss receives.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,7 +40,7 @@ from torch import nn
 from deepmetric.losses.hphn_triplet import HPHNTripletLoss
 from deepmetric.losses.intra_ranking import IntraClassRankingLoss
 
-__all__ = ["ComposedSynthesisLoss", "SynthesisLoss", "base_kind", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
+__all__ = ["ComposedSynthesisLoss", "LossTerms", "SynthesisLoss", "base_kind", "base_proxies", "real_anchored_pairs", "real_anchored_triplets"]
 
 COMBINE_RULES = ("separate", "joint", "ranking")
 
@@ -115,7 +120,25 @@ def real_anchored_triplets(labels: torch.Tensor, is_synthetic: torch.Tensor, *, 
 
 
 #: Keyword context a synthesiser may take; each gets only the ones its forward names.
-CONTEXT_KEYS = ("generator", "proxies", "progress", "epoch", "epochs")
+CONTEXT_KEYS = ("generator", "proxies", "progress", "epoch", "epochs", "features", "head")
+
+
+class LossTerms(NamedTuple):
+    """A composite loss and its terms: ``loss = base + weight * aux``.
+
+    Attributes:
+        loss: the scalar that is minimised (carries the gradient).
+        base: the base loss on the real rows. For ``combine="joint"`` (one loss over real ∪ synthetic
+            rows) it is the base loss on the real rows alone, computed without gradient for reference.
+        aux: the added term: λ·… / γ·… divided by its weight; for "joint" what the synthetic rows add
+            (loss − base). Zero when nothing was synthesised.
+        weight: λ or γ (1.0 for "joint").
+    """
+
+    loss: torch.Tensor
+    base: torch.Tensor
+    aux: torch.Tensor
+    weight: float
 
 
 class SynthesisLoss(nn.Module):
@@ -169,6 +192,8 @@ class SynthesisLoss(nn.Module):
         accepted = inspect.signature(synthesiser.forward).parameters
         self._context_keys = tuple(k for k in CONTEXT_KEYS if k in accepted)
         self.ranking_loss = IntraClassRankingLoss(**synthesiser.ranking_loss_params()) if combine == "ranking" else None
+        #: whether the synthesiser works before the head: the loop then passes ``features=`` and ``head=``
+        self.uses_features = "features" in accepted and "head" in accepted and getattr(synthesiser, "space", "features") == "features"
 
     def forward(
         self,
@@ -179,28 +204,52 @@ class SynthesisLoss(nn.Module):
         progress: float = 0.0,
         epoch: Optional[int] = None,
         epochs: Optional[int] = None,
-    ) -> torch.Tensor:
-        """embeddings (B, d), labels (B,) -> scalar. The keyword context goes to the synthesiser: ``generator``,
-        ``progress`` (fraction of steps done), ``epoch`` (0-based) and ``epochs`` (total), each if it takes it."""
+        features: Optional[torch.Tensor] = None,
+        head: Optional[nn.Module] = None,
+        return_terms: bool = False,
+    ):
+        """embeddings (B, d), labels (B,) -> scalar, or :class:`LossTerms` with ``return_terms``.
+
+        The keyword context goes to the synthesiser, each if it takes it: ``generator``, ``progress``
+        (fraction of steps done), ``epoch`` (0-based), ``epochs`` (total), ``features`` (B, F) (the pooled
+        backbone features the embeddings were computed from) and ``head`` (the module mapping them to
+        embeddings; used when :attr:`uses_features`).
+        """
         context = {"generator": generator, "proxies": base_proxies(self.base_loss), "progress": progress, "epoch": epoch,
-                   "epochs": epochs}
+                   "epochs": epochs, "features": features, "head": head}
         batch = self.synthesiser(embeddings, labels, **{k: context[k] for k in self._context_keys})
+        terms = self._terms(batch, embeddings, labels, context["proxies"], return_terms)
+        return terms if return_terms else terms.loss
+
+    def _combined(self, real: torch.Tensor, extra: torch.Tensor) -> LossTerms:
+        return LossTerms(real + self.weight * extra, real.detach(), extra.detach(), self.weight)
+
+    def _joint(self, total: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor, return_terms: bool) -> LossTerms:
+        if not return_terms:  # the reference base loss costs a second evaluation: only when asked
+            return LossTerms(total, total.detach(), torch.zeros_like(total.detach()), 1.0)
+        with torch.no_grad():
+            real = self.base_loss(embeddings, labels)
+        return LossTerms(total, real, total.detach() - real, 1.0)
+
+    def _terms(self, batch, embeddings: torch.Tensor, labels: torch.Tensor, proxies, return_terms: bool) -> LossTerms:
         z, y, syn = batch
         if self.kind == "hphn":  # mines its hard pairs itself, with or without synthetic rows (n = 0)
-            return self.base_loss(z, y, is_synthetic=syn, owner=getattr(batch, "owner", None))
+            total = self.base_loss(z, y, is_synthetic=syn, owner=getattr(batch, "owner", None))
+            return self._joint(total, embeddings, labels, return_terms)
         if not bool(syn.any()):  # nothing synthesised: exactly the base loss
-            return self.base_loss(embeddings, labels)
+            real = self.base_loss(embeddings, labels)
+            return LossTerms(real, real.detach(), torch.zeros_like(real.detach()), 1.0 if self.weight is None else self.weight)
         if self.combine == "separate":
-            return self.base_loss(embeddings, labels) + self.weight * self.synthetic_term(z, y, syn)
+            return self._combined(self.base_loss(embeddings, labels), self.synthetic_term(z, y, syn))
         if self.combine == "ranking":
             real = self.base_loss(embeddings, labels)
             owner = getattr(batch, "owner", None)
             intensity = getattr(batch, "intensity", None)
             if owner is None or intensity is None:
                 raise ValueError(f"combine='ranking' needs a traced batch (owner, intensity) from the synthesiser, got {type(batch).__name__}")
-            rank = self.ranking_loss(z, y, source=owner[:, 0], intensity=intensity, proxies=context["proxies"])
-            return real + self.weight * rank
-        return self.joint_term(z, y, syn)
+            rank = self.ranking_loss(z, y, source=owner[:, 0], intensity=intensity, proxies=proxies)
+            return self._combined(real, rank)
+        return self._joint(self.joint_term(z, y, syn), embeddings, labels, return_terms)
 
     def synthetic_term(self, z: torch.Tensor, y: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
         """T of the "separate" rule: the base loss over the tuples that contain synthetic rows."""
@@ -292,6 +341,8 @@ class ComposedSynthesisLoss(nn.Module):
             raise ValueError(f"ComposedSynthesisLoss needs at least two synthesisers, got {len(parts)}; use SynthesisLoss for one")
         self.base_loss = base_loss
         self.parts = nn.ModuleList([SynthesisLoss(base_loss, synth, weight=weight) for synth, weight in parts])
+        #: whether any synthesiser works before the head (the loop then passes ``features=`` and ``head=``)
+        self.uses_features = any(part.uses_features for part in self.parts)
 
     def forward(
         self,
@@ -302,10 +353,17 @@ class ComposedSynthesisLoss(nn.Module):
         progress: float = 0.0,
         epoch: Optional[int] = None,
         epochs: Optional[int] = None,
-    ) -> torch.Tensor:
-        """embeddings (B, d), labels (B,) -> scalar; the keyword context goes to every synthesiser."""
+        features: Optional[torch.Tensor] = None,
+        head: Optional[nn.Module] = None,
+        return_terms: bool = False,
+    ):
+        """embeddings (B, d), labels (B,) -> scalar; the keyword context goes to every synthesiser. With
+        ``return_terms``, :class:`LossTerms` with base = base(real) and aux = Σ_i (L_i − base(real)), weight 1."""
         real = self.base_loss(embeddings, labels)
         total = real
         for part in self.parts:
-            total = total + (part(embeddings, labels, generator=generator, progress=progress, epoch=epoch, epochs=epochs) - real)
+            total = total + (part(embeddings, labels, generator=generator, progress=progress, epoch=epoch, epochs=epochs,
+                                  features=features, head=head) - real)
+        if return_terms:
+            return LossTerms(total, real.detach(), (total - real).detach(), 1.0)
         return total

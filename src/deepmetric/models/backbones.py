@@ -21,20 +21,36 @@ from deepmetric.models.bn_inception import BN_INCEPTION_PREPROCESSING, BNIncepti
 from deepmetric.models.pretrained import load_into, offline_state_dict, read_state_dict
 from deepmetric.registry import BACKBONES
 
-POOLINGS: Tuple[str, ...] = ("avg", "max", "avgmax")
+POOLINGS: Tuple[str, ...] = ("avg", "max", "avgmax", "gem")
+#: GeM's initial exponent and clamp (Radenović, Tolias & Chum, TPAMI 2019: p = 3 learned, ε = 1e-6)
+GEM_P, GEM_EPS = 3.0, 1e-6
 _IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
+def gem_pool(x: torch.Tensor, p: torch.Tensor, eps: float = GEM_EPS) -> torch.Tensor:
+    """Generalised-mean pooling (Radenović et al., TPAMI 2019, eq. 2): f_c = (mean_{h,w} max(x, ε)^p)^(1/p).
+
+    p = 1 is average pooling and p → ∞ max pooling. x: (B, C, h, w); p: scalar tensor (> 0). Returns (B, C).
+    """
+    return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
 class GlobalPool(nn.Module):
-    """(B, C, h, w) -> (B, C) by global average, global max, or their sum (``"avgmax"``)."""
+    """(B, C, h, w) -> (B, C) by global average, global max, their sum (``"avgmax"``), or generalised
+    mean (``"gem"``, with a learned exponent ``p`` initialised to 3: see :func:`gem_pool`)."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
         if kind not in POOLINGS:
             raise ValueError(f"pooling={kind!r} is not one of {POOLINGS}")
         self.kind = kind
+        if kind == "gem":
+            self.p = nn.Parameter(torch.tensor(GEM_P))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gem":
+            # in float32 under autocast: x^p of half-precision activations overflows for p ≈ 3 and x > 40
+            return gem_pool(x.float(), self.p.float())
         if self.kind == "avg":
             return F.adaptive_avg_pool2d(x, 1).flatten(1)
         if self.kind == "max":

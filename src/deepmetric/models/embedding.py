@@ -94,8 +94,21 @@ class EmbeddingModel(nn.Module):
         """Backbone features (B, backbone.num_features), before the head."""
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x: torch.Tensor, *, return_features: bool = False):
+        """images (B, in_chans, H, W) -> embeddings (B, embedding_dim), or with ``return_features`` the pair
+        (pooled backbone features (B, backbone.num_features), embeddings) from one pass.
+
+        The pair is what losses that synthesise before the head need (intra-variance, SPEC §5): they map
+        their synthetic features through :attr:`head`. It goes through ``forward`` (a keyword, not another
+        method) so that DistributedDataParallel and ``torch.compile`` wrappers see the call.
+        """
+        features = self.backbone(x)
+        embeddings = self.head(features)
+        return (features, embeddings) if return_features else embeddings
+
+    def features_and_embeddings(self, x: torch.Tensor):
+        """(pooled backbone features, embeddings) of images x: ``forward(x, return_features=True)``."""
+        return self(x, return_features=True)
 
     def param_groups(self, lr: float, backbone_lr_mult: float = 1.0) -> List[Dict[str, Any]]:
         """Optimiser groups: ``backbone`` at ``lr * backbone_lr_mult`` and ``head`` at ``lr``; each trainable
@@ -120,7 +133,8 @@ def build_model(backbone: str, *, embedding_dim: int = 128, pretrained: Optional
         embedding_dim: output dimension d.
         pretrained: None, a local weights file, or ``"offline"`` (packaged weights; see
             ``deepmetric.models.pretrained``). Never downloads.
-        pooling: ``"avg"``, ``"max"`` or ``"avgmax"`` (GAP + GMP) for CNNs; ignored by ViTs (CLS token).
+        pooling: ``"avg"``, ``"max"``, ``"avgmax"`` (GAP + GMP) or ``"gem"`` (generalised mean, learned p)
+            for CNNs; ignored by ViTs (CLS token).
         head_norm: ``"none"``, ``"bn"`` (BatchNorm1d) or ``"ln"`` (LayerNorm) after the Linear layer, or
             ``"pre_ln"`` (LayerNorm without affine parameters before it; see ``EmbeddingHead``).
         normalize: L2-normalise the embeddings.

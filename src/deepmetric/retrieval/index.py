@@ -382,12 +382,23 @@ class SearchIndex:
         self.metadata["threshold"] = threshold
 
     # ---------------------------------------------------------------------------------------- search
-    def search(self, queries: Any, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    def reconstruct(self, ids: Sequence[int]) -> np.ndarray:
+        """(m, d) stored unit vectors of items ``ids`` (IVF-PQ: their PQ reconstructions)."""
+        import faiss
+
+        if self.kind == "ivfpq" and self.index.direct_map.type == faiss.DirectMap.NoMap:
+            self.index.set_direct_map_type(faiss.DirectMap.Hashtable)  # id -> list entry, built once
+        return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+
+    def search(self, queries: Any, k: int, *, qe: int = 0, alpha: float = 3.0) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar gallery items of each query.
 
         Args:
             queries: (q, d) query embeddings (torch or numpy; normalised here).
             k: neighbours per query; more than the gallery holds is clipped to its size.
+            qe: α-query expansion (``deepmetric.retrieval.rerank``): search the ``qe`` nearest items first,
+                replace each query by normalize(q + Σ max(s_i, 0)^α g_i) and search again; 0 = off.
+            alpha: the α of the expansion weights (0 = average QE).
 
         Returns:
             (scores, ids): (q, min(k, count)) float32 cosine similarities, best first, and int64 gallery
@@ -398,6 +409,19 @@ class SearchIndex:
         q = _unit_rows(queries, "queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]} but the index holds {self.dim}-dimensional embeddings; embed the queries with the index's model")
+        if qe:
+            if qe < 0 or not alpha >= 0:
+                raise ValueError(f"qe={qe} must be >= 0 and alpha={alpha} >= 0")
+            import faiss
+
+            s1, ids1 = self.search(q, qe)
+            expanded = q.copy()
+            for row, (srow, irow) in enumerate(zip(s1, ids1)):
+                live = irow >= 0
+                w = np.maximum(srow[live], 0) ** alpha if alpha > 0 else np.ones(int(live.sum()), np.float32)
+                expanded[row] += (w[:, None] * self.reconstruct(irow[live])).sum(axis=0)
+            faiss.normalize_L2(expanded)
+            return self.search(expanded, k)
         k = min(int(k), len(self))
         if k == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
@@ -537,7 +561,14 @@ class SearchIndex:
         theirs = self.metadata.get("model_signature")
         if theirs and theirs != signature:
             diffs = [f"{k}: index {theirs.get(k)!r} vs {signature.get(k)!r}" for k in sorted(set(theirs) | set(signature)) if theirs.get(k) != signature.get(k)]
-            raise SearchIndexError(f"the index was built with another model than {source} ({'; '.join(diffs)}); rebuild the index with this model's checkpoint")
+            raise SearchIndexError(f"the index was built with another model than {source} ({'; '.join(diffs)}); embeddings of two "
+                                   f"models are not comparable, so re-embed the whole gallery with the new model: {self.rebuild_command()}")
+
+    def rebuild_command(self, checkpoint: str = "NEW_CHECKPOINT.pt", out: str = "DIR") -> str:
+        """The ``deepmetric index build`` command that re-embeds this index's gallery with another checkpoint."""
+        src = self.metadata.get("source") or {}
+        gallery = f"--images {src['image_dir']}" if "image_dir" in src else (f"--split {src['split']}" if "split" in src else "--split SPLIT")
+        return f"`deepmetric index build --checkpoint {checkpoint} {gallery} --kind {self.kind} --out {out}`"
 
 
 def measured_recall(index: SearchIndex, exact: SearchIndex, queries: Any, k: int) -> float:

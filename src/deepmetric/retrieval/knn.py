@@ -221,7 +221,14 @@ def topk_search(
 
     Raises:
         ValueError: bad shapes, NaN/inf values, dimension mismatch, k or block_size out of range.
+
+    Queries on a CUDA device are searched there by :func:`~deepmetric.retrieval.knn_torch.topk_search_torch`
+    (blocked matmul + top-k, bounded memory, the same tie rule); the CPU default stays this faiss engine.
     """
+    if isinstance(queries, torch.Tensor) and queries.is_cuda:
+        from deepmetric.retrieval.knn_torch import topk_search_torch
+
+        return topk_search_torch(queries, gallery, k=k, exclude_self=exclude_self, block_size=block_size)
     q = as_float32_matrix(queries, "queries")
     if gallery is None:
         exclude = True if exclude_self is None else bool(exclude_self)

@@ -11,6 +11,12 @@ Routes:
                        calibrate``) ``threshold`` is the cosine similarity a match needs and ``match`` says
                        whether the best result reaches it ("no match" when false); both null otherwise.
     GET  /items/{id}   the thumbnail of indexed item ``id``.
+    POST /items        (``allow_edits`` only) add an image (multipart ``file``, optional form field
+                       ``class_name``) -> ``{"id"}``; the image is kept in the index folder.
+    PUT  /items/{id}   (``allow_edits`` only) replace item ``id``'s image (and class), keeping its id.
+    DELETE /items/{id} (``allow_edits`` only) remove item ``id``.
+    Edits re-embed only the item concerned and are committed to the folder atomically; searches wait for
+    an edit in progress (one lock around the faiss index), so no request sees half an edit.
 
 Safety: an item is addressed only by its integer row in the index metadata, never by a path, so only
 indexed images can be served. Uploads are bounded in bytes (checked while reading, before parsing) and in
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -92,6 +99,7 @@ def create_app(
     num_examples: int = 8,
     device: str = "auto",
     searcher: Optional[Any] = None,
+    allow_edits: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving searches over the index folder ``index_dir`` (see the module docstring).
 
@@ -103,6 +111,7 @@ def create_app(
         num_examples: example gallery items offered by the page (one per class while classes last).
         device: where the query model runs ("auto", "cpu", "cuda").
         searcher: an already opened ``IndexSearcher`` (tests, several apps over one index).
+        allow_edits: enable POST/PUT/DELETE /items; off by default (anyone who reaches the port could edit).
 
     Raises:
         SearchIndexError: the index folder is incomplete or inconsistent (raised now, not per request).
@@ -116,7 +125,7 @@ def create_app(
         raise ValueError(f"default_k={default_k} must be between 1 and max_k={max_k}")
     searcher = searcher or IndexSearcher(index_dir, device=device)
     meta = searcher.index.metadata
-    n_items = len(searcher)
+    lock = threading.Lock()  # the faiss index is not safe to search while it is being edited
     examples = _pick_examples(searcher, num_examples)
 
     # No /docs: FastAPI's Swagger page loads its JavaScript from a CDN (blank offline) and no installed
@@ -153,14 +162,14 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Dict[str, Any]:
-        return {"status": "ok", "items": n_items, "dim": searcher.index.dim, "kind": searcher.index.kind,
+        return {"status": "ok", "items": len(searcher), "dim": searcher.index.dim, "kind": searcher.index.kind,
                 "threshold": searcher.index.threshold}
 
     @app.get("/info")
     async def info() -> Dict[str, Any]:
         sig = meta.get("model_signature") or {}
         return {
-            "items": n_items,
+            "items": len(searcher),
             "dim": searcher.index.dim,
             "kind": searcher.index.kind,
             "model": sig.get("backbone"),
@@ -190,7 +199,8 @@ def create_app(
         def work() -> Dict[str, Any]:
             image = decode_image(data, max_pixels=max_image_pixels)
             query = {"width": image.width, "height": image.height, "mode": image.mode, "bytes": len(data)}
-            results = searcher.search([image], k)[0]
+            with lock:
+                results = searcher.search([image], k)[0]
             for r in results:
                 r["thumbnail_url"] = f"/items/{r['id']}"
             t = searcher.index.threshold
@@ -201,19 +211,86 @@ def create_app(
 
     @app.get("/items/{item_id}")
     async def item(item_id: str) -> Response:
-        # Ids are row numbers into the metadata: anything but a plain decimal number is refused up front.
-        if not (item_id.isascii() and item_id.isdigit()) or len(item_id) > 12:
-            raise ApiError(400, f"item id {item_id[:40]!r} is not an integer; items are addressed by their number 0..{n_items - 1}")
-        i = int(item_id)
-        if i >= n_items:
-            raise ApiError(404, f"no item {i}; the index holds items 0..{n_items - 1}")
+        i = _parse_id(item_id, searcher)
         try:
             content, media_type = await run_in_threadpool(searcher.thumbnail, i)
         except OSError as exc:  # missing or no longer decodable since indexing (FileNotFoundError included)
             raise ApiError(404, str(exc)) from None
-        return Response(content, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+        except IndexError as exc:  # removed meanwhile
+            raise ApiError(404, str(exc)) from None
+        # no-cache: an item can be replaced (PUT /items/{id}) under the same URL
+        return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+    async def _upload(request: Request) -> tuple:
+        """(decoded image, class_name or None) of an edit request's multipart body."""
+        if not allow_edits:
+            raise ApiError(403, "editing the gallery is disabled; start the service with `deepmetric serve --allow-edits`")
+        body = await _read_capped(request, max_upload_bytes + MULTIPART_SLACK, max_upload_bytes)
+        data, class_name = await _multipart_file(request, body, field="class_name")
+        image = await run_in_threadpool(decode_image, data, max_pixels=max_image_pixels)
+        return image, class_name
+
+    def _keep(image: Any, item: int) -> str:
+        """Store an uploaded image in the index folder (ADDED_DIR/<id>.png): the index owns its thumbnails."""
+        from deepmetric.serve.indexing import ADDED_DIR
+
+        folder = searcher.dir / ADDED_DIR
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{item:06d}.png"
+        image.save(path)
+        return str(path)
+
+    @app.post("/items", status_code=201)
+    async def add_item(request: Request) -> Dict[str, Any]:
+        image, class_name = await _upload(request)
+
+        def work() -> Dict[str, Any]:
+            with lock:
+                new_id = int(searcher.index.metadata["next_id"])
+                path = _keep(image, new_id)
+                searcher.add_images([image], [path], [class_name])
+                return {**searcher.item(new_id), "items": len(searcher)}
+
+        return await run_in_threadpool(work)
+
+    @app.put("/items/{item_id}")
+    async def replace_item(item_id: str, request: Request) -> Dict[str, Any]:
+        i = _parse_id(item_id, searcher)
+        image, class_name = await _upload(request)
+
+        def work() -> Dict[str, Any]:
+            with lock:
+                searcher.update_image(i, image, _keep(image, i), class_name)
+                return searcher.item(i)
+
+        return await run_in_threadpool(work)
+
+    @app.delete("/items/{item_id}")
+    async def delete_item(item_id: str) -> Dict[str, Any]:
+        if not allow_edits:
+            raise ApiError(403, "editing the gallery is disabled; start the service with `deepmetric serve --allow-edits`")
+        i = _parse_id(item_id, searcher)
+
+        def work() -> Dict[str, Any]:
+            with lock:
+                searcher.remove([i])
+                return {"removed": i, "items": len(searcher)}
+
+        return await run_in_threadpool(work)
 
     return app
+
+
+def _parse_id(raw: str, searcher: Any) -> int:
+    """An item id from the URL: a plain decimal number of an item in the index, else 400/404."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
+        raise ApiError(400, f"item id {raw[:40]!r} is not an integer; items are addressed by their id number")
+    i = int(raw)
+    try:
+        searcher.index.position(i)
+    except KeyError as exc:
+        raise ApiError(404, exc.args[0]) from None
+    return i
 
 
 def _parse_k(raw: Optional[str], default: int, max_k: int) -> int:
@@ -243,8 +320,8 @@ async def _read_capped(request: Request, cap: int, file_limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _multipart_file(request: Request, body: bytes) -> bytes:
-    """The bytes of the one file part of a multipart body already read into memory."""
+async def _parse_form(request: Request, body: bytes) -> Any:
+    """Parse a multipart body already read into memory."""
     sent = False
 
     async def replay() -> Dict[str, Any]:  # hands the buffered body to the form parser once
@@ -255,27 +332,36 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=20)
+        return await Request(request.scope, replay).form(max_files=1, max_fields=20)
     except Exception as exc:  # noqa: BLE001 - the parser raises several types for malformed bodies
         raise ApiError(400, f"the multipart body could not be parsed ({exc}); send the image as form field 'file'") from None
+
+
+async def _multipart_file(request: Request, body: bytes, *, field: Optional[str] = None) -> Any:
+    """The bytes of the one file part of a multipart body already read into memory; with ``field``,
+    ``(bytes, value of that text field or None)``."""
+    form = await _parse_form(request, body)
     part = form.get("file")
     if part is None:
         part = next((v for v in form.values() if isinstance(v, UploadFile)), None)
     if not isinstance(part, UploadFile):
         raise ApiError(400, "no file in the form; send the image as multipart form field 'file'")
     data = await part.read()
+    value = form.get(field) if field else None
     await form.close()
-    return data
+    if field is None:
+        return data
+    return data, (value if isinstance(value, str) and value else None)
 
 
 def _pick_examples(searcher: Any, n: int) -> list:
     """Up to ``n`` gallery ids: the first item of each class in turn (then more per class), deterministic."""
     labels = searcher.index.metadata.get("labels") or []
     if not labels or all(v < 0 for v in labels):
-        return list(range(min(n, len(searcher))))
+        return list(searcher.index.ids[:n])
     by_class: Dict[int, list] = {}
-    for i, v in enumerate(labels):
-        by_class.setdefault(int(v), []).append(i)
+    for item_id, v in zip(searcher.index.ids, labels):
+        by_class.setdefault(int(v), []).append(item_id)
     picked, depth = [], 0
     while len(picked) < n and any(depth < len(v) for v in by_class.values()):
         for c in sorted(by_class):

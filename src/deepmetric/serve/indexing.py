@@ -32,6 +32,8 @@ from deepmetric.retrieval.index import KINDS, META_FILE, SearchIndex, SearchInde
 
 MODEL_FILE = "model.pt"
 THUMBS_DIR = "thumbs"
+#: images uploaded through the API's POST/PUT /items are kept here (as <id>.png), so the index owns them
+ADDED_DIR = "added"
 #: Longest side of the thumbnails made on demand from gallery files.
 THUMBNAIL_SIDE = 256
 
@@ -62,8 +64,7 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / META_FILE).is_file():
             raise FileExistsError(f"{out} exists and is not an index folder; choose an empty or new --out")
-        for name in ("index.faiss", META_FILE, MODEL_FILE, THUMBS_DIR):
-            p = out / name
+        for p in [out / n for n in (META_FILE, MODEL_FILE, THUMBS_DIR, ADDED_DIR, "roc.png")] + list(out.glob("index*.faiss")):
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -202,24 +203,62 @@ class IndexSearcher:
         return self.embedder.embed_images(images)
 
     def item(self, i: int) -> Dict[str, Any]:
-        """What is known about gallery item ``i``: id, label (None if unknown), class name, file name."""
+        """What is known about gallery item with id ``i``: id, label (None if unknown), class name, file name."""
         meta = self.index.metadata
+        pos = self.index.position(i)
         labels, names, paths = meta.get("labels"), meta.get("class_names") or [], meta.get("paths")
-        label = labels[i] if labels is not None and labels[i] >= 0 else None
+        label = labels[pos] if labels is not None and labels[pos] >= 0 else None
         return {
             "id": int(i),
             "label": label,
             "class_name": names[label] if label is not None and label < len(names) else None,
-            "name": Path(paths[i]).name if paths else f"{i:06d}.png",
+            "name": Path(paths[pos]).name if paths and paths[pos] else f"{i:06d}.png",
         }
 
-    def search(self, images: Sequence[Image.Image], k: int) -> List[List[Dict[str, Any]]]:
+    # ---------------------------------------------------------------------------------------- edits
+    def _label_of(self, class_name: Optional[str]) -> int:
+        """Label of ``class_name`` (a new class is appended to the index's class names); None = unknown (−1)."""
+        if class_name is None:
+            return -1
+        names = self.index.metadata.setdefault("class_names", [])
+        if class_name not in names:
+            names.append(class_name)
+        return names.index(class_name)
+
+    def add_images(self, images: Sequence[Image.Image], paths: Sequence[str], class_names: Sequence[Optional[str]]) -> List[int]:
+        """Embed ``images`` with the index's model, add them (new ids), and commit the folder atomically."""
+        emb = self.embed_images(images)
+        ids = self.index.add(emb, labels=[self._label_of(c) for c in class_names], paths=list(paths))
+        self._commit()
+        return ids
+
+    def update_image(self, item_id: int, image: Image.Image, path: str, class_name: Optional[str] = None) -> None:
+        """Replace item ``item_id``'s image (and class, when given), keeping its id; commit."""
+        self.index.position(item_id)  # KeyError before any work
+        emb = self.embed_images([image])
+        labels = None if class_name is None else [self._label_of(class_name)]
+        self.index.update([item_id], emb, labels=labels, paths=[path])
+        self._commit()
+
+    def remove(self, ids: Sequence[int]) -> None:
+        """Remove items by id (their stored thumbnails too) and commit."""
+        self.index.remove(ids)
+        _drop_item_images(self.dir, self.index, ids)
+        self._commit()
+
+    def _commit(self) -> None:
+        self.index.commit(self.dir)
+        self._thumbnail.cache_clear()
+
+    def search(self, images: Sequence[Image.Image], k: int, *, qe: int = 0) -> List[List[Dict[str, Any]]]:
         """For each image, its top-k gallery items (``item`` fields plus ``rank``, cosine ``score`` and
         ``match``), best first. ``match`` is ``score >= threshold`` when the index is calibrated
-        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match."""
+        (``deepmetric calibrate``), else None; a query whose first result is not a match has no match.
+        ``qe`` > 0 re-ranks by α-query expansion over the ``qe`` nearest items (``SearchIndex.search``); the
+        scores are then similarities to the expanded query."""
         if not images:
             return []
-        scores, ids = self.index.search(self.embed_images(images), k)
+        scores, ids = self.index.search(self.embed_images(images), k, qe=qe)
         t = self.index.threshold
         return [
             [{"rank": r + 1, "score": float(s), "match": None if t is None else bool(s >= t), **self.item(int(i))}
@@ -235,14 +274,19 @@ class IndexSearcher:
             FileNotFoundError: the gallery file has gone missing since the index was built.
             OSError: the gallery file can no longer be decoded.
         """
-        if not 0 <= i < len(self):
-            raise IndexError(f"item {i} does not exist; the index holds items 0..{len(self) - 1}")
-        return self._thumbnail(int(i))
+        try:
+            pos = self.index.position(i)
+        except KeyError as exc:
+            raise IndexError(exc.args[0]) from None
+        paths = self.index.metadata.get("paths")
+        return self._thumbnail(int(i), paths[pos] if paths else None)
 
-    def _make_thumbnail(self, i: int) -> tuple[bytes, str]:
-        if self.thumbs_dir is not None:
+    def _make_thumbnail(self, i: int, path: Optional[str]) -> tuple[bytes, str]:
+        from deepmetric.data.base import load_image
+
+        if path is None:  # a gallery without files (embedded datasets): the PNG written at build time
             return (self.thumbs_dir / f"{i:06d}.png").read_bytes(), "image/png"
-        path = Path(self.index.metadata["paths"][i])
+        path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"gallery file {path} of item {i} is missing; rebuild the index or restore the file")
         try:
@@ -280,18 +324,59 @@ def check_query_image(path: str | os.PathLike, *, max_pixels: int = MAX_QUERY_PI
 
 
 def search_images(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], k: int = 10, *, device: str = "auto",
-                  max_pixels: int = MAX_QUERY_PIXELS) -> List[List[Dict[str, Any]]]:
-    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`). The files are checked
-    (:func:`check_query_image`) before the index and model are loaded, and read with the gallery's loader."""
-    from deepmetric.data.base import load_image
-
+                  max_pixels: int = MAX_QUERY_PIXELS, qe: int = 0) -> List[List[Dict[str, Any]]]:
+    """Top-k gallery items of each image file (see :meth:`IndexSearcher.search`; ``qe``: query expansion).
+    The files are checked (:func:`check_query_image`) before the index and model are loaded, and read with
+    the gallery's loader."""
     for p in image_paths:
         check_query_image(p, max_pixels=max_pixels)
     searcher = IndexSearcher(index_dir, device=device)
+    return searcher.search(_load_query_images(image_paths, searcher.mode), k, qe=qe)
+
+
+def _load_query_images(paths: Sequence[str | os.PathLike], mode: str) -> List[Image.Image]:
+    """Image files (already checked by :func:`check_query_image`) read with the gallery's loader."""
+    from deepmetric.data.base import load_image
+
     images = []
-    for p in image_paths:
+    for p in paths:
         try:
-            images.append(load_image(Path(p), searcher.mode))
+            images.append(load_image(Path(p), mode))
         except Exception as exc:  # noqa: BLE001 - a header that reads, then damaged data
-            raise ValueError(f"query image {str(p)!r} is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
-    return searcher.search(images, k)
+            raise ValueError(f"image {str(p)!r} is damaged and could not be decoded ({type(exc).__name__}: {exc})") from None
+    return images
+
+
+def add_to_index(index_dir: str | os.PathLike, image_paths: Sequence[str | os.PathLike], *, class_name: Optional[str] = None,
+                 device: str = "auto") -> List[int]:
+    """Embed image files with the index's own model and add them (the rest is not re-embedded); their ids."""
+    for p in image_paths:
+        check_query_image(p)
+    searcher = IndexSearcher(index_dir, device=device)
+    images = _load_query_images(image_paths, searcher.mode)
+    return searcher.add_images(images, [str(Path(p).resolve()) for p in image_paths], [class_name] * len(images))
+
+
+def update_in_index(index_dir: str | os.PathLike, item_id: int, image_path: str | os.PathLike, *, class_name: Optional[str] = None,
+                    device: str = "auto") -> None:
+    """Re-embed item ``item_id`` from a new image file (same id; class kept unless given)."""
+    check_query_image(image_path)
+    searcher = IndexSearcher(index_dir, device=device)
+    searcher.update_image(item_id, _load_query_images([image_path], searcher.mode)[0], str(Path(image_path).resolve()), class_name)
+
+
+def remove_from_index(index_dir: str | os.PathLike, ids: Sequence[int]) -> int:
+    """Remove items by id (no model needed); the number of items left."""
+    index = SearchIndex.load(index_dir)
+    index.remove([int(i) for i in ids])
+    _drop_item_images(Path(index_dir), index, ids)
+    index.commit(index_dir)
+    return len(index)
+
+
+def _drop_item_images(index_dir: Path, index: SearchIndex, ids: Sequence[int]) -> None:
+    """Delete the PNGs the index folder itself holds for removed items (build-time thumbnails, API uploads)."""
+    thumbs = index.metadata.get("thumbnails")
+    for folder in ([index_dir / thumbs] if thumbs else []) + [index_dir / ADDED_DIR]:
+        for i in ids:
+            (folder / f"{int(i):06d}.png").unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from deepmetric.checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from deepmetric.config import RunConfig, SynthesisConfig, save_config
+from deepmetric.functional.similarity import l2_normalize
 from deepmetric.data.build import build_dataset
 from deepmetric.distributed import DistContext, barrier, cleanup, gather_nograd, gather_with_grad, init_distributed
 from deepmetric.inference import build_embedding_model, embed_dataset, evaluate_split
@@ -85,6 +86,18 @@ def build_training_loss(cfg: RunConfig, *, num_classes: int, embedding_dim: int)
 def _accepts_context(loss_fn: nn.Module) -> bool:
     params = inspect.signature(loss_fn.forward).parameters
     return all(k in params for k in ("generator", "progress", "epoch", "epochs"))
+
+
+def _uses_features(loss_fn: nn.Module) -> bool:
+    """Whether the loss wants the pooled backbone features and the head (``features=``, ``head=``): it
+    accepts them and says it uses them (``uses_features``, e.g. intra-variance before the head)."""
+    params = inspect.signature(loss_fn.forward).parameters
+    return "features" in params and "head" in params and bool(getattr(loss_fn, "uses_features", False))
+
+
+def _returns_terms(loss_fn: nn.Module) -> bool:
+    """Whether the loss is a composite that can report its terms (``return_terms=True`` -> LossTerms)."""
+    return "return_terms" in inspect.signature(loss_fn.forward).parameters
 
 
 def _amp_context(cfg: RunConfig, device: torch.device):
@@ -145,6 +158,8 @@ class Run:
     say: Callable[..., None]
     state: Dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": None})
     writer: Optional[SummaryWriter] = None
+    #: the last step's composite-loss terms (loss_base, loss_aux, loss_aux_weight) for the log; {} otherwise
+    step_terms: Dict[str, float] = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
@@ -274,22 +289,35 @@ def train_step(run: Run, batch: Any, epoch: int) -> float:
         images = images.contiguous(memory_format=torch.channels_last)
     # Dropout-like randomness inside the model is seeded per step: resumes are exact.
     torch.manual_seed(item_seed(cfg.seed, -1, step))
+    feature_loss = _uses_features(run.loss_fn)
     with _amp_context(cfg, device):
-        emb = run.train_model(images)
+        if feature_loss:  # the loss synthesises before the head: it needs the pooled features
+            feats, emb = run.train_model(images, return_features=True)
+        else:
+            feats, emb = None, run.train_model(images)
     if run.data.unsupervised and ctx.enabled:  # keep (view1 | view2) order in the global batch
         m = len(emb) // 2
         emb = torch.cat([gather_with_grad(emb[:m], ctx), gather_with_grad(emb[m:], ctx)])
         labels = torch.cat([gather_nograd(labels[:m], ctx), gather_nograd(labels[m:], ctx)])
+        if feats is not None:
+            feats = torch.cat([gather_with_grad(feats[:m], ctx), gather_with_grad(feats[m:], ctx)])
     elif ctx.enabled:
         emb, labels = gather_with_grad(emb, ctx), gather_nograd(labels, ctx)
+        feats = gather_with_grad(feats, ctx) if feats is not None else None
+    context: Dict[str, Any] = {}
+    if _accepts_context(run.loss_fn):
+        gen = torch.Generator(device=emb.device).manual_seed(item_seed(cfg.seed, -2, step))
+        context.update(generator=gen, progress=step / max(1, run.total_steps), epoch=epoch, epochs=cfg.train.epochs)
+    if feature_loss:
+        context.update(features=feats.float(), head=_unwrap(run.model).head)
+    want_terms = _returns_terms(run.loss_fn) and (step + 1) % cfg.train.log_every == 0
     # Losses compute in float32 whatever the autocast dtype of the network.
     with torch.autocast(device_type=device.type, enabled=False):
-        if _accepts_context(run.loss_fn):
-            gen = torch.Generator(device=emb.device).manual_seed(item_seed(cfg.seed, -2, step))
-            loss = run.loss_fn(emb.float(), labels, generator=gen, progress=step / max(1, run.total_steps),
-                               epoch=epoch, epochs=cfg.train.epochs)
-        else:
-            loss = run.loss_fn(emb.float(), labels)
+        loss = run.loss_fn(emb.float(), labels, **context, **({"return_terms": True} if want_terms else {}))
+    run.step_terms = {}
+    if want_terms:  # a composite: loss = loss_base + loss_aux_weight * loss_aux
+        terms, loss = loss, loss.loss
+        run.step_terms = {"loss_base": terms.base.item(), "loss_aux": terms.aux.item(), "loss_aux_weight": float(terms.weight)}
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
@@ -313,7 +341,8 @@ def after_step(run: Run, epoch: int, loss: float, *, interrupted: bool) -> None:
     """Log the step, save ``last.pt`` when due, and stop cleanly after a Ctrl-C."""
     step = run.state["step"]
     if step % run.cfg.train.log_every == 0:
-        log(run, {"split": "train", "epoch": epoch + 1, "step": step, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"]})
+        log(run, {"split": "train", "epoch": epoch + 1, "step": step, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"],
+                  **run.step_terms})
     if run.cfg.train.checkpoint_every_steps and step % run.cfg.train.checkpoint_every_steps == 0:
         save_state(run, run.last_path)
     if interrupted:
@@ -414,10 +443,34 @@ def _sigint_flag() -> Iterator[Dict[str, bool]]:
             signal.signal(signal.SIGINT, previous)
 
 
+class _PooledFeatures(nn.Module):
+    """images -> L2-normalised pooled backbone features of an embedding model (its head is not used)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # embedding restores this wrapper's mode, which must be the model's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.model.features(x).float())
+
+
+def neighbour_table(model: nn.Module, dataset: Dataset, cfg: RunConfig, ctx: DistContext) -> torch.Tensor:
+    """(N,) long: each instance of ``dataset`` (the training split under the eval transform) paired with
+    its nearest other instance (self excluded), searched in the L2-normalised pooled backbone features
+    (``data.neighbour_space: backbone``, the released CUB code's pool5 features, SPEC §1) or in the
+    embedding (``embedding``)."""
+    net = _unwrap(model)
+    if cfg.data.neighbour_space == "backbone":
+        net = _PooledFeatures(net)
+    emb, _ = embed_dataset(net, dataset, cfg, ctx)
+    _, idx = topk_search(emb, k=1)  # the training set is its own gallery: self excluded
+    return torch.as_tensor(idx[:, 0]).long()
+
+
 def _refresh_neighbours(run: Run) -> None:
-    """Neighbour positives (released CUB code): each epoch, each instance's nearest neighbour in the
-    current embedding of the training set (eval transform) becomes its second view with probability p."""
+    """Neighbour positives (released CUB code): each epoch, each instance's nearest neighbour
+    (:func:`neighbour_table`) becomes its second view with probability p."""
     cfg = run.cfg
-    emb, _ = embed_dataset(_unwrap(run.model), run.datasets(cfg.data.train_split), cfg, run.ctx)
-    _, idx = topk_search(emb, k=1)
-    run.data.dataset.set_neighbours(torch.as_tensor(idx[:, 0]), cfg.data.neighbour_positives, cfg.seed)
+    table = neighbour_table(run.model, run.datasets(cfg.data.train_split), cfg, run.ctx)
+    run.data.dataset.set_neighbours(table, cfg.data.neighbour_positives, cfg.seed)
