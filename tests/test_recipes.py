@@ -31,8 +31,12 @@ FIXTURES = {
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_a_step_on_its_layout(tmp_path, recipe):
     cfg = load_config(CONFIGS / f"{recipe}.yaml")
+    # train.amp=none: autocast is a GPU speed setting; on a CPU without bf16/fp16 units it is emulated and made
+    # these steps up to ~6x slower (a DeiT fp16 step 62 s of CPU). The autocast paths on CPU (bf16 and fp16 with
+    # its GradScaler) are tested on a small model in tests/train/test_loop.py; each recipe's amp value is checked
+    # against its source by test_recipe_matches_its_source.
     sets = ["device=cpu", "train.epochs=1", "train.max_steps_per_epoch=1", "train.progress=false", "train.report=false",
-            "data.num_workers=0", "model.pretrained=null", "eval.knn_k=3"]
+            "data.num_workers=0", "model.pretrained=null", "eval.knn_k=3", "train.amp=none"]
     if cfg.data.dataset in FIXTURES:
         root = FIXTURES[cfg.data.dataset](tmp_path / "data")
         vit = cfg.model.backbone in ("deit_small", "vit_small") or cfg.model.backbone.startswith(("timm:deit", "timm:vit"))

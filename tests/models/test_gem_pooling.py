@@ -19,7 +19,7 @@ def test_gem_closed_forms():
 
 def test_gem_exponent_is_a_learned_parameter_with_correct_gradient():
     pool = GlobalPool("gem")
-    assert [n for n, _ in pool.named_parameters()] == ["p"] and float(pool.p) == 3.0
+    assert [n for n, _ in pool.named_parameters()] == ["p"] and float(pool.p.detach()) == 3.0
     x = (torch.rand(2, 3, 4, 4, dtype=torch.float64) + 0.1).requires_grad_()
     p = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: gem_pool(a, b), (x, p))

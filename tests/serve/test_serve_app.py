@@ -196,6 +196,10 @@ def test_unknown_routes_and_methods_answer_json_errors_and_docs_are_off(digits_i
     assert r.status_code == 405 and "GET is not allowed on /search" in r.json()["error"]
     r = client.put("/health")
     assert r.status_code == 405 and "PUT is not allowed on /health" in r.json()["error"]
+    r = client.patch("/items/1")
+    assert r.status_code == 405 and "error" in r.json()
+    r = client.delete("/items/1")  # an edit route, refused while edits are off
+    assert r.status_code == 403 and "--allow-edits" in r.json()["error"]
     # Swagger's page would load its scripts from a CDN: it is off, the JSON description stays
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").json()["info"]["title"] == "deepmetric search"

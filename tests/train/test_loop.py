@@ -139,7 +139,8 @@ def test_monitor_split_logs_a_curve_and_is_never_selected_on(tmp_path):
         assert res["test"][key] == pytest.approx(at_best[key], abs=1e-9)
 
 
-def test_bf16_autocast_and_channels_last_on_cpu_keep_the_loss_in_float32(tmp_path, monkeypatch):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_channels_last_on_cpu_keep_the_loss_in_float32(tmp_path, monkeypatch, amp):
     from torch import nn
     from pytorch_metric_learning.losses import ProxyAnchorLoss
 
@@ -157,7 +158,7 @@ def test_bf16_autocast_and_channels_last_on_cpu_keep_the_loss_in_float32(tmp_pat
             return self.inner(embeddings, labels)
 
     monkeypatch.setitem(LOSSES._table, "recording", Recording)
-    res = train(tiny("loss.name=recording", "train.amp=bf16", "model.channels_last=true"), tmp_path / "run")
+    res = train(tiny("loss.name=recording", f"train.amp={amp}", "model.channels_last=true"), tmp_path / "run")
     assert seen and all(s == (torch.float32, False) for s in seen)  # float32 and outside autocast
     assert 0.0 < res["test"]["recall@1"] <= 1.0
     assert all(torch.isfinite(p).all() for p in load_checkpoint(tmp_path / "run" / "last.pt")["model"].values()

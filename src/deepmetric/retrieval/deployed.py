@@ -10,7 +10,8 @@ what the variant costs and gives:
 * ``ivfpq``: IVF-PQ with the sizes :class:`~deepmetric.retrieval.index.SearchIndex` derives from n and d.
 * ``float16`` / ``int8``: exact search over scalar-quantised vectors (faiss ``IndexScalarQuantizer``
   ``QT_fp16`` / ``QT_8bit``, 2 and 1 bytes per dimension).
-* ``pcaD`` (e.g. ``pca32``): PCA to D dimensions (faiss ``PCAMatrix``, trained on the gallery), then exact.
+* ``pcaD`` (e.g. ``pca32``): PCA to D dimensions (faiss ``PCAMatrix``, trained on the gallery), the
+  projections re-normalised (cosine in the reduced space), then exact.
 
 For each: R@K, MAP@R (SPEC.md §7; ties are rare in approximate scores and are broken by the index's
 order), the serialised index size in bytes, and the median single-query latency.
@@ -60,7 +61,10 @@ def build_variant(x: np.ndarray, name: str, *, depth: int) -> Any:
         dims = int(pca.group(1))
         if not 1 <= dims < d:
             raise ValueError(f"{name}: the PCA dimension must be between 1 and {d - 1} (the embedding has {d})")
-        index = faiss.IndexPreTransform(faiss.PCAMatrix(d, dims), faiss.IndexFlatIP(dims))
+        # PCA centres the data: the projections are re-normalised so that the inner product is again the
+        # cosine (in the reduced space); without it large-norm projections win every search
+        index = faiss.IndexPreTransform(faiss.NormalizationTransform(dims, 2.0), faiss.IndexFlatIP(dims))
+        index.prepend_transform(faiss.PCAMatrix(d, dims))
         index.train(x)
         index.add(x)
         return index
