@@ -83,3 +83,24 @@ def test_checkpoint_evaluation_reproduces_the_runs_final_test_metrics(tiny_run):
     # training selected best.pt and evaluated it on the test split with the same embedding code
     final = json.loads((tiny_run / "results.json").read_text())["test"]
     assert evaluate_checkpoint(tiny_run / "best.pt", split="test", device="cpu") == pytest.approx(final, abs=1e-6)
+
+
+def test_evaluation_keeps_embeddings_on_the_device_that_made_them(tiny_run, monkeypatch):
+    """Evaluation asks for the embeddings on the run's device (a GPU's are then searched there by the
+    torch engine); index building and the other callers keep getting CPU tensors."""
+    import deepmetric.inference as inference
+
+    asked = []
+    real_embed = inference.embed
+
+    def spy(*args, keep_on_device=False, **kwargs):
+        asked.append(keep_on_device)
+        return real_embed(*args, keep_on_device=keep_on_device, **kwargs)
+
+    monkeypatch.setattr(inference, "embed", spy)
+    e = Embedder.from_checkpoint(tiny_run / "best.pt", device="cpu")
+    e.embed_dataset(e.dataset("test"))
+    assert asked == [False]
+    final = json.loads((tiny_run / "results.json").read_text())["test"]
+    assert evaluate_checkpoint(tiny_run / "best.pt", split="test", device="cpu") == pytest.approx(final, abs=1e-6)
+    assert asked[1:] and all(asked[1:])

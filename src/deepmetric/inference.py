@@ -84,8 +84,10 @@ def eval_loader(dataset: Dataset, cfg: RunConfig, ctx: DistContext, indices: Opt
 
 
 @torch.no_grad()
-def embed_dataset(model: nn.Module, dataset: Dataset, cfg: RunConfig, ctx: DistContext) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(embeddings (N, d) float32, labels (N,) int64) of ``dataset`` in order, on the CPU.
+def embed_dataset(model: nn.Module, dataset: Dataset, cfg: RunConfig, ctx: DistContext, *,
+                  on_device: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings (N, d) float32, labels (N,) int64) of ``dataset`` in order, on the CPU, or on
+    ``ctx.device`` with ``on_device`` (evaluation on a GPU then searches there: retrieval's torch engine).
 
     With several processes each embeds a contiguous shard (the last one padded by repeating the last item)
     and every process receives the gathered result.
@@ -93,13 +95,13 @@ def embed_dataset(model: nn.Module, dataset: Dataset, cfg: RunConfig, ctx: DistC
     n = len(dataset)  # type: ignore[arg-type]
     dtype = amp_dtype(cfg)
     if not ctx.enabled:
-        return embed(model, eval_loader(dataset, cfg, ctx), device=ctx.device, amp_dtype=dtype)
+        return embed(model, eval_loader(dataset, cfg, ctx), device=ctx.device, amp_dtype=dtype, keep_on_device=on_device)
     per = math.ceil(n / ctx.world_size)
     idx = [min(i, n - 1) for i in range(ctx.rank * per, (ctx.rank + 1) * per)]
-    emb, lab = embed(model, eval_loader(dataset, cfg, ctx, idx), device=ctx.device, amp_dtype=dtype)
-    emb = gather_nograd(emb.to(ctx.device), ctx).cpu()[:n]
-    lab = gather_nograd(lab.to(ctx.device), ctx).cpu()[:n]
-    return emb, lab
+    emb, lab = embed(model, eval_loader(dataset, cfg, ctx, idx), device=ctx.device, amp_dtype=dtype, keep_on_device=True)
+    emb = gather_nograd(emb.to(ctx.device), ctx)[:n]
+    lab = gather_nograd(lab.to(ctx.device), ctx)[:n]
+    return (emb if on_device else emb.cpu()), lab.cpu()
 
 
 def evaluate_split(model: nn.Module, cfg: RunConfig, ctx: DistContext, dataset: Dataset, *,
@@ -112,7 +114,7 @@ def evaluate_split(model: nn.Module, cfg: RunConfig, ctx: DistContext, dataset: 
         memory: the training split with the evaluation transform, the kNN classifier's memory when the
             evaluated classes are the training classes; built from the config when needed and not given.
     """
-    emb, labels = embed_dataset(model, dataset, cfg, ctx)
+    emb, labels = embed_dataset(model, dataset, cfg, ctx, on_device=True)  # a GPU's embeddings are searched there
     masks = {}
     if getattr(dataset, "is_query", None) is not None:
         masks = {"query_mask": np.asarray(dataset.is_query), "gallery_mask": np.asarray(dataset.is_gallery)}
@@ -134,7 +136,7 @@ def _knn_accuracy(model: nn.Module, cfg: RunConfig, ctx: DistContext, emb: torch
         if labeled is not None and not bool(np.all(labeled)):
             # e.g. STL-10 train+unlabeled: unlabeled images carry a placeholder label and must not vote
             memory = Subset(memory, np.flatnonzero(labeled).tolist())
-        mem_emb, mem_lab = embed_dataset(model, memory, cfg, ctx)
+        mem_emb, mem_lab = embed_dataset(model, memory, cfg, ctx, on_device=True)
         return float(knn_accuracy(mem_emb, mem_lab, emb, labels, k=k, temperature=t))
     return float(knn_accuracy(emb, labels, emb, labels, k=k, temperature=t, exclude_self=True))
 
