@@ -128,7 +128,9 @@ class IntraVarianceSynthesis(nn.Module):
       BatchNorm layers using batch statistics only); ``image_rows=`` (n,) says which embedding row each
       image is (default: image i is row i). Under DDP the embeddings are the global batch while each
       process has only its own images: the training loop passes that process's rows, so each process
-      ranks copies of its own gated samples only. ``alpha`` is unused.
+      ranks copies of its own gated samples only (DDP's gradient averaging then trains the mean over
+      processes of their ranking terms; the logged ``loss_aux`` is rank 0's). ``alpha`` is unused.
+      Random draws: those of :func:`graded_augment` for the m·J copies (2·m·J uniform, then the noise).
 
     Gate (**[choice]**): a sample is used when the cosine of its embedding to its class proxy — or,
     without proxies, to its class centre in the batch — lies in ``band`` = [lo, hi]: not already collapsed
