@@ -152,7 +152,7 @@ def bench_knn_device(n: int, d: int) -> list[str]:
     from deepmetric.retrieval.knn import topk_search
     from deepmetric.retrieval.knn_torch import topk_search_torch
 
-    x, _ = clustered(n, d, 100)
+    x, labels = clustered(n, d, 100)
     k = 11
     t_faiss = median_time(lambda: topk_search(x, None, k=k), repeat=3)
     t_torch = median_time(lambda: topk_search_torch(x, None, k=k), repeat=3)
@@ -168,7 +168,32 @@ def bench_knn_device(n: int, d: int) -> list[str]:
     else:
         rows.append("| torch blocked sort-merge | cuda | — | no GPU on this machine: rerun there for the GPU row |")
     rows += ["", "On the CPU the faiss engine stays the default; the torch engine exists for embeddings already on a GPU.", ""]
+    rows += bench_eval_engines(x, labels)
     return rows
+
+
+def bench_eval_engines(x: torch.Tensor, labels: torch.Tensor) -> list[str]:
+    """Whole evaluation (retrieval_metrics, tie handling included) through each engine: time and max |Δ| of
+    the metrics against the faiss path, which is the default on the CPU."""
+    from deepmetric.retrieval.metrics import retrieval_metrics
+
+    def run(emb, engine):
+        return retrieval_metrics(emb, labels, nmi=False, engine=engine)
+
+    ref = run(x, "faiss")
+    t_faiss = median_time(lambda: run(x, "faiss"), repeat=3)
+    cases = [("torch", "cpu", x)] + ([("auto", torch.cuda.get_device_name(0), x.cuda())] if torch.cuda.is_available() else [])
+    rows = [f"## Evaluation (retrieval_metrics) through each engine: {x.shape[0]:,} × {x.shape[1]}", "",
+            "| engine | device | seconds | against faiss | max abs metric difference |", "| --- | --- | ---: | ---: | ---: |",
+            f"| faiss (default on CPU) | cpu | {t_faiss:.2f} | 1.00× | 0 |"]
+    for engine, device, emb in cases:
+        got = run(emb, engine)
+        t = median_time(lambda: run(emb, engine), repeat=3, sync=device != "cpu")
+        diff = max(abs(got[key] - ref[key]) for key in ref)
+        rows.append(f"| {engine} | {device} | {t:.2f} | {t / t_faiss:.2f}× | {diff:.1e} |")
+    if not torch.cuda.is_available():
+        rows.append("| auto (CUDA embeddings) | cuda | — | — | no GPU on this machine: rerun there for the GPU row |")
+    return rows + [""]
 
 
 def main() -> None:

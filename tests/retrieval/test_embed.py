@@ -69,3 +69,28 @@ def test_evaluate_retrieval_is_embed_then_metrics():
     model, (loader, _, _) = _model(), _loader()
     emb, lab = embed(model, loader)
     assert evaluate_retrieval(model, loader, ks=(1, 2), nmi=False) == retrieval_metrics(emb, lab, ks=(1, 2), nmi=False)
+
+
+def test_evaluate_retrieval_engine_torch_gives_the_same_metrics(monkeypatch):
+    import deepmetric.retrieval.knn_torch as knn_torch
+
+    seen = []
+    real = knn_torch.topk_search_torch
+    monkeypatch.setattr(knn_torch, "topk_search_torch", lambda q, *a, **k: (seen.append(q.device.type), real(q, *a, **k))[1])
+    model, (loader, _, _) = _model(), _loader()
+    faiss = evaluate_retrieval(model, loader, ks=(1, 2), nmi=False)
+    assert seen == []  # faiss stays the CPU default
+    got = evaluate_retrieval(model, loader, ks=(1, 2), nmi=False, engine="torch")
+    assert seen == ["cpu"]
+    assert got.keys() == faiss.keys() and all(got[k] == pytest.approx(faiss[k], abs=1e-9) for k in got)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_retrieval_on_cuda_keeps_embeddings_there():
+    model, (loader, _, _) = _model(), _loader()
+    emb, lab = embed(model.cuda(), loader, device="cuda", keep_on_device=True)
+    assert emb.is_cuda and not lab.is_cuda
+    cpu = retrieval_metrics(emb.cpu(), lab, ks=(1, 2), nmi=False)
+    got = evaluate_retrieval(model, loader, device="cuda", ks=(1, 2), nmi=False)
+    assert all(got[k] == pytest.approx(cpu[k], abs=1e-4) for k in cpu)

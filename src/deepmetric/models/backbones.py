@@ -1,8 +1,8 @@
 """Backbone factory: images (B, in_chans, H, W) -> features (B, num_features).
 
 Each registered factory has the signature ``(pretrained, in_chans, pooling) -> Backbone``. The networks come
-from timm and torchvision (always built with ``pretrained=False``: nothing is ever downloaded; weights come
-from ``pretrained``, see ``deepmetric.models.pretrained``), except ``small_cnn`` (a tiny CNN for MNIST-size
+from timm and torchvision (nothing is ever downloaded; weights come from ``pretrained``, see
+``deepmetric.models.pretrained``: a local file for a timm model goes through timm's own loading), except ``small_cnn`` (a tiny CNN for MNIST-size
 images) and ``bn_inception`` (not in either library, see ``bn_inception.py``).
 
 Pooling of CNN feature maps (B, C, h, w) -> (B, C): ``"avg"`` (global average), ``"max"`` (global max) or
@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from deepmetric.models.bn_inception import BN_INCEPTION_PREPROCESSING, BNInception
-from deepmetric.models.pretrained import load_into, offline_state_dict, read_state_dict
+from deepmetric.models.pretrained import create_timm_from_file, load_into, offline_state_dict, read_state_dict
 from deepmetric.registry import BACKBONES
 
 POOLINGS: Tuple[str, ...] = ("avg", "max", "avgmax", "gem")
@@ -170,7 +170,11 @@ def timm_backbone(model_name: str, pretrained: Optional[str], in_chans: int, poo
     _check(pooling, in_chans)
     if model_name not in timm.list_models():
         raise ValueError(f"timm has no model {model_name!r}; see timm.list_models('*{model_name[:6]}*')")
-    body = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
+    from_file = pretrained is not None and pretrained != "offline"
+    if from_file:  # timm's own loading: its checkpoint filters and first-conv adaptation to in_chans
+        body = create_timm_from_file(model_name, pretrained, in_chans=in_chans)
+    else:
+        body = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
     name = name or f"timm:{model_name}"
     pre = _timm_preprocessing(body)
     if isinstance(getattr(body, "global_pool", None), SelectAdaptivePool2d):
@@ -178,7 +182,8 @@ def timm_backbone(model_name: str, pretrained: Optional[str], in_chans: int, poo
     else:
         own = getattr(body, "global_pool", None)
         bb = TokenBackbone(name, body, body.num_features, in_chans=in_chans, pooling=own if isinstance(own, str) and own else "model", preprocessing=pre)
-    bb.load_pretrained(pretrained, hint=_weights_hint(body))
+    if not from_file:
+        bb.load_pretrained(pretrained, hint=_weights_hint(body))
     return bb
 
 

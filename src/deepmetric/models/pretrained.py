@@ -3,8 +3,11 @@
 ``pretrained`` (an argument of every backbone factory) is one of:
 
 * ``None``: random initialisation;
-* a path to a local file: a state dict, or a checkpoint dict holding it under ``"state_dict"`` or
-  ``"model"``; a ``"module."`` prefix (DistributedDataParallel) is removed when every key has it, and a
+* a path to a local file (``.pth``/``.pt``/``.bin`` written by ``torch.save``, or ``.safetensors``): a state
+  dict, or a checkpoint dict holding it under ``"state_dict"`` or ``"model"``. timm backbones load it through
+  timm's own loading (``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=path))``, see
+  :func:`create_timm_from_file`), which also adapts the first conv when ``in_chans`` differs from the file's
+  (3-channel weights summed into a 1-channel stem); other backbones read it with :func:`read_state_dict`; a ``"module."`` prefix (DistributedDataParallel) is removed when every key has it, and a
   deepmetric ``EmbeddingModel`` state dict contributes its ``backbone.body.*`` tensors. The file must fit
   the backbone exactly (strict), except classifier tensors (``fc.``, ``classifier.``, ``head.``,
   ``last_linear.``, GoogLeNet's ``aux1.``/``aux2.``) that the backbone does not have, which are dropped;
@@ -52,7 +55,7 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """Tensors of a local weights file (state dict or checkpoint dict), on CPU.
 
     Args:
-        path: a ``.pth``/``.pt`` file written by ``torch.save``.
+        path: a ``.pth``/``.pt``/``.bin`` file written by ``torch.save``, or a ``.safetensors`` file.
 
     Returns:
         ``{name: tensor}`` with a DDP ``module.`` prefix removed and, for a deepmetric ``EmbeddingModel``
@@ -64,18 +67,8 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights file {str(p)!r} does not exist (cwd {os.getcwd()!r}). Pass the path of a "
-            "state dict saved with torch.save(model.state_dict(), path), 'offline' for packaged weights, or None."
-        )
-    try:
-        # weights_only: never execute code from a weights file.
-        obj: Any = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name and what to do
-        raise PretrainedWeightsError(
-            f"could not read pretrained weights file {str(p)!r} with torch.load(weights_only=True): "
-            f"{type(e).__name__}: {e}. Save only tensors: torch.save(model.state_dict(), path)."
-        ) from e
+        raise _missing_file(p)
+    obj: Any = _load_file(p)
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -93,6 +86,95 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     if any(k.startswith("backbone.body.") for k in state):
         state = {k[len("backbone.body."):]: v for k, v in state.items() if k.startswith("backbone.body.")}
     return state
+
+
+def _missing_file(p: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"pretrained weights file {str(p)!r} does not exist (cwd {os.getcwd()!r}). Pass the path of a "
+        "state dict saved with torch.save(model.state_dict(), path) or a .safetensors file, 'offline' for "
+        "packaged weights, or None."
+    )
+
+
+def _load_file(p: Path) -> Any:
+    """The object in a weights file: safetensors by its suffix, otherwise ``torch.load(weights_only=True)``."""
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(p), device="cpu")
+        # weights_only: never execute code from a weights file.
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name and what to do
+        how = "safetensors.torch.load_file" if p.suffix == ".safetensors" else "torch.load(weights_only=True)"
+        raise PretrainedWeightsError(
+            f"could not read pretrained weights file {str(p)!r} with {how}: {type(e).__name__}: {e}. "
+            "Save only tensors: torch.save(model.state_dict(), path) or safetensors.torch.save_file(model.state_dict(), path)."
+        ) from e
+
+
+def _names(cfg_value: Any) -> Tuple[str, ...]:
+    if not cfg_value:
+        return ()
+    return (cfg_value,) if isinstance(cfg_value, str) else tuple(cfg_value)
+
+
+def create_timm_from_file(model_name: str, path: str | os.PathLike, *, in_chans: int) -> nn.Module:
+    """timm ``model_name`` without a classifier (``num_classes=0``), weights from a local file by timm's loading.
+
+    The model is built by ``timm.create_model(model_name, pretrained=True, in_chans=in_chans,
+    pretrained_cfg_overlay=dict(file=path, ...))``: timm reads the file (``.safetensors``, or ``torch.load``
+    with its EMA / ``state_dict`` / ``model`` / ``module.`` handling), applies the model's own checkpoint
+    filter and adapts the first conv to ``in_chans`` (``timm.models.adapt_input_conv``: 3 -> 1 sums the
+    kernel over the input channels). The overlay clears the registry's ``url``/``hf_hub_id``, so nothing is
+    ever downloaded. The load is strict: the model is built with as many classes as the file's classifier
+    (0 when the file has none) and the classifier is removed afterwards, so a tensor missing from the file,
+    an extra one or one of another shape is an error instead of a silently random layer. A deepmetric
+    ``EmbeddingModel`` state dict (``backbone.body.*``) is loaded with :func:`load_into` instead.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        PretrainedWeightsError: the file cannot be read or does not fit ``model_name``.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+    from timm.models import load_state_dict as timm_load_state_dict
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise _missing_file(p)
+    try:  # peek with timm's own reader, so the classifier decision sees what timm will load
+        peek = timm_load_state_dict(str(p))
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name and what to do
+        _load_file(p)  # raises the readable message for unreadable files
+        raise PretrainedWeightsError(f"timm could not read pretrained weights file {str(p)!r}: {type(e).__name__}: {e}") from e
+    if not isinstance(peek, Mapping) or not peek or not all(isinstance(v, torch.Tensor) for v in peek.values()):
+        raise PretrainedWeightsError(
+            f"pretrained weights file {str(p)!r} holds a {type(peek).__name__} instead of a non-empty state dict of "
+            "tensors (or a checkpoint dict with one under 'state_dict' or 'model')."
+        )
+    if any(str(k).startswith("backbone.body.") for k in peek):  # a deepmetric EmbeddingModel: its own names
+        body = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
+        load_into(body, read_state_dict(p), source=repr(str(p)))
+        return body
+    cfg = get_pretrained_cfg(model_name)
+    classifiers = _names(getattr(cfg, "classifier", None))
+    head = next((peek[f"{c}.weight"] for c in classifiers if f"{c}.weight" in peek), None)
+    num_classes = int(head.shape[0]) if head is not None and head.ndim >= 1 else 0
+    del peek
+    overlay = dict(file=str(p), url=None, hf_hub_id=None, num_classes=num_classes, label_offset=0)
+    try:
+        body = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay,
+                                 num_classes=num_classes, in_chans=in_chans)
+    except RuntimeError as e:  # load_state_dict's missing / unexpected / size-mismatch listing
+        raise PretrainedWeightsError(
+            f"pretrained weights {str(p)!r} do not fit timm {model_name!r} (in_chans={in_chans}): "
+            f"{' '.join(str(e).split()).rstrip('. ')}. "
+            "Check that the file was saved from the same architecture."
+        ) from e
+    if num_classes:
+        body.reset_classifier(0)
+    return body
 
 
 def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

@@ -17,6 +17,7 @@ def embed(
     *,
     device: str | torch.device = "cpu",
     amp_dtype: Optional[torch.dtype] = None,
+    keep_on_device: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` over ``loader`` in eval mode without gradients and collect embeddings and labels.
 
@@ -27,9 +28,12 @@ def embed(
         loader: yields ``(images, labels)`` batches, e.g. a ``torch.utils.data.DataLoader``.
         device: where the images are sent.
         amp_dtype: run under ``torch.autocast`` with this dtype (e.g. ``torch.bfloat16``); None = off.
+        keep_on_device: leave the embeddings on ``device`` (a GPU: evaluation then searches them there with
+            the torch engine) instead of copying them to the CPU; labels always come back on the CPU.
 
     Returns:
-        ``(embeddings, labels)``: float32 (N, d) and int64 (N,) tensors on the CPU, in loader order.
+        ``(embeddings, labels)``: float32 (N, d) and int64 (N,) tensors on the CPU (embeddings on ``device``
+        with ``keep_on_device``), in loader order.
 
     Raises:
         ValueError: a batch is not an (images, labels) pair, the model returns something other than one
@@ -56,7 +60,7 @@ def embed(
                     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                     raise ValueError(f"the model must return one (batch, d) embedding tensor; batch {step} of "
                                      f"{len(images)} images gave {shape}")
-                embs.append(out.float().cpu())  # metrics run in float32 on the CPU (faiss boundary)
+                embs.append(out.float() if keep_on_device else out.float().cpu())  # float32 for the kNN engines
                 labs.append(torch.as_tensor(labels).long().cpu())
     finally:
         model.train(was_training)
@@ -77,11 +81,13 @@ def evaluate_retrieval(
     nmi: bool = True,
     ami: bool = False,
     seed: int = 0,
+    engine: str = "auto",
 ) -> Dict[str, float]:
     """:func:`embed` then :func:`~deepmetric.retrieval.metrics.retrieval_metrics` (see both for arguments).
 
-    Masks index the loader's items in order (use a loader without shuffling).
+    Masks index the loader's items in order (use a loader without shuffling). The embeddings stay on
+    ``device``: on a GPU the ``"auto"`` engine searches them there (blocked torch top-k), on the CPU faiss.
     """
-    embeddings, labels = embed(model, loader, device=device, amp_dtype=amp_dtype)
+    embeddings, labels = embed(model, loader, device=device, amp_dtype=amp_dtype, keep_on_device=True)
     return retrieval_metrics(embeddings, labels, query_mask=query_mask, gallery_mask=gallery_mask, ks=ks,
-                             nmi=nmi, ami=ami, seed=seed)
+                             nmi=nmi, ami=ami, seed=seed, engine=engine)

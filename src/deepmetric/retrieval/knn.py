@@ -31,7 +31,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["as_float32_matrix", "exact_similarity_rows", "topk_search"]
+__all__ = ["ENGINES", "as_float32_matrix", "exact_similarity_rows", "resolve_engine", "topk_search"]
 
 #: Gallery columns per similarity tile. A block_size × TILE tile (8 MiB at 4096 × 512) is pushed into
 #: the heaps and transposed while it is still in cache; whole 4096 × 4096 blocks (64 MiB) made the
@@ -44,15 +44,31 @@ _EXACT_CHUNK_ENTRIES = 1 << 21
 _EXACT_TILE = 8192
 
 
-def as_float32_matrix(x: Any, name: str) -> torch.Tensor:
+#: search engines: "faiss" (CPU heaps), "torch" (blocked matmul + sort on the tensors' device), "auto"
+ENGINES = ("auto", "faiss", "torch")
+
+
+def resolve_engine(engine: str, x: Any) -> str:
+    """``"auto"`` -> ``"torch"`` for a CUDA tensor, ``"faiss"`` otherwise; other names are checked."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not one of {ENGINES}: 'auto' searches CUDA tensors on their "
+                         "device with torch and everything else with faiss on the CPU")
+    if engine == "auto":
+        return "torch" if isinstance(x, torch.Tensor) and x.is_cuda else "faiss"
+    return engine
+
+
+def as_float32_matrix(x: Any, name: str, *, keep_device: bool = False) -> torch.Tensor:
     """The one boundary: numpy array or torch tensor (n, d) -> contiguous float32 CPU tensor (n, d).
 
     Args:
         x: embeddings, shape (n, d), any real dtype, numpy or torch (any device).
         name: what to call ``x`` in error messages.
+        keep_device: leave a tensor on its device (the torch engine) instead of moving it to the CPU.
 
     Returns:
-        A contiguous float32 tensor on the CPU (no copy when ``x`` already is one).
+        A contiguous float32 tensor on the CPU (no copy when ``x`` already is one), or on ``x``'s device
+        with ``keep_device``.
 
     Raises:
         ValueError: ``x`` is not 2-D, has no columns, or holds NaN/inf values.
@@ -61,10 +77,10 @@ def as_float32_matrix(x: Any, name: str) -> torch.Tensor:
     if t.dim() != 2 or t.shape[1] == 0:
         raise ValueError(f"{name} must be a 2-D (n, d) matrix with d >= 1, got shape {tuple(t.shape)}")
     # faiss heaps read host memory, and the heaps hold float32: search in float32 on the CPU.
-    t = t.to(device="cpu", dtype=torch.float32).contiguous()
+    t = t.to(device=t.device if keep_device else "cpu", dtype=torch.float32).contiguous()
     finite = torch.isfinite(t).all(dim=1)
     if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()
+        bad = (~finite).nonzero().flatten().cpu()
         raise ValueError(
             f"{name} holds {bad.numel()} row(s) with NaN or infinite values (first rows: {bad[:5].tolist()}); "
             "the model diverged or the embeddings were corrupted: fix them before searching"
@@ -196,6 +212,7 @@ def topk_search(
     k: int,
     exclude_self: Optional[bool] = None,
     block_size: int = 4096,
+    engine: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k by inner product, streaming the gallery in blocks (bounded memory).
 
@@ -213,6 +230,9 @@ def topk_search(
             (the queries are the first nq gallery rows), so it needs nq <= ng.
         block_size: query rows per similarity tile (tiles are ``block_size × min(block_size, TILE)``);
             peak extra memory is about 2·block_size·TILE·4 bytes plus n·k·12 bytes for the heaps.
+        engine: ``"auto"`` (default: CUDA tensors -> ``"torch"``, the rest -> ``"faiss"``), ``"faiss"``
+            (CPU heaps, below) or ``"torch"`` (:func:`~deepmetric.retrieval.knn_torch.topk_search_torch`
+            on the queries' device, also on the CPU, which is how its equality with faiss is tested).
 
     Returns:
         ``(similarities, indices)``: float32 (nq, k) sorted descending per row, and int64 (nq, k) gallery
@@ -225,10 +245,12 @@ def topk_search(
     Queries on a CUDA device are searched there by :func:`~deepmetric.retrieval.knn_torch.topk_search_torch`
     (blocked matmul + top-k, bounded memory, the same tie rule); the CPU default stays this faiss engine.
     """
-    if isinstance(queries, torch.Tensor) and queries.is_cuda:
+    if resolve_engine(engine, queries) == "torch":
         from deepmetric.retrieval.knn_torch import topk_search_torch
 
-        return topk_search_torch(queries, gallery, k=k, exclude_self=exclude_self, block_size=block_size)
+        q = as_float32_matrix(queries, "queries", keep_device=True)
+        g = None if gallery is None else as_float32_matrix(gallery, "gallery", keep_device=True)
+        return topk_search_torch(q, g, k=k, exclude_self=exclude_self, block_size=block_size)
     q = as_float32_matrix(queries, "queries")
     if gallery is None:
         exclude = True if exclude_self is None else bool(exclude_self)
@@ -254,13 +276,18 @@ def topk_search(
 
 
 def topk_search_with_self_map(
-    queries: torch.Tensor, gallery: torch.Tensor, *, k: int, self_cols: torch.Tensor, block_size: int = 4096
+    queries: torch.Tensor, gallery: torch.Tensor, *, k: int, self_cols: torch.Tensor, block_size: int = 4096,
+    engine: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`topk_search` where query r is gallery item ``self_cols[r]`` (−1: not in the gallery).
 
     For query and gallery sets that partly overlap; inputs must already have passed the boundary
     (:func:`as_float32_matrix`) and k be at most the smallest number of other gallery items.
     """
+    if resolve_engine(engine, queries) == "torch":
+        from deepmetric.retrieval.knn_torch import topk_search_torch
+
+        return topk_search_torch(queries, gallery, k=int(k), self_cols=self_cols, block_size=block_size)
     _check_k_and_block(k, block_size, gallery.shape[0] - int(bool((self_cols >= 0).any())), "the gallery")
     return _gallery_topk(queries, gallery, int(k), self_cols.to(torch.int64), int(block_size))
 
@@ -273,8 +300,8 @@ def exact_similarity_rows(queries: torch.Tensor, gallery: torch.Tensor, *, self_
     gallery get values equal to ~1e-16 (the blocked float32 search only guarantees ~1e-7).
 
     Args:
-        queries: (nq, d) float32 CPU tensor that passed :func:`as_float32_matrix`.
-        gallery: (ng, d) float32 CPU tensor, same d.
+        queries: (nq, d) float32 tensor that passed :func:`as_float32_matrix` (any device: S is made there).
+        gallery: (ng, d) float32 tensor, same d and device.
         self_cols: (nq,) int64, gallery index of each query (its entry becomes -inf) or -1; None = none.
         max_entries: float64 entries per yielded chunk (rows = max(1, max_entries // ng)).
 
@@ -286,11 +313,11 @@ def exact_similarity_rows(queries: torch.Tensor, gallery: torch.Tensor, *, self_
     for r0 in range(0, nq, rows):
         r1 = min(r0 + rows, nq)
         q64 = queries[r0:r1].double()
-        s = torch.empty(r1 - r0, ng, dtype=torch.float64)
+        s = torch.empty(r1 - r0, ng, dtype=torch.float64, device=queries.device)
         for j0 in range(0, ng, _EXACT_TILE):
             s[:, j0 : j0 + _EXACT_TILE] = q64 @ gallery[j0 : j0 + _EXACT_TILE].double().t()
         if self_cols is not None:
-            own = self_cols[r0:r1]
+            own = self_cols[r0:r1].to(s.device)
             hit = (own >= 0).nonzero().flatten()
             s[hit, own[hit]] = float("-inf")
         yield r0, r1, s

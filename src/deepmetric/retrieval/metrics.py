@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from deepmetric.functional.similarity import l2_normalize
-from deepmetric.retrieval.knn import (as_float32_matrix, exact_similarity_rows, topk_search,
+from deepmetric.retrieval.knn import (as_float32_matrix, exact_similarity_rows, resolve_engine, topk_search,
                                       topk_search_with_self_map)
 
 __all__ = ["retrieval_metrics", "knn_accuracy", "nmi_score", "kmeans_assign", "KMEANS_NITER", "TIE_TOLERANCE"]
@@ -181,9 +181,10 @@ def _float64_resorted(xq: torch.Tensor, xg: torch.Tensor, rows: torch.Tensor, nn
     n_rows, k = nn.shape
     vals = torch.empty(n_rows, k, dtype=torch.float64)
     chunk = max(1, (1 << 21) // max(1, k * xq.shape[1]))
+    dev = xq.device  # the embeddings' device (torch engine on CUDA); the result comes back to the CPU
     for a in range(0, n_rows, chunk):
-        q = xq[rows[a : a + chunk]].double()[:, :, None]
-        vals[a : a + chunk] = torch.bmm(xg[nn[a : a + chunk]].double(), q)[:, :, 0]
+        q = xq[rows[a : a + chunk].to(dev)].double()[:, :, None]
+        vals[a : a + chunk] = torch.bmm(xg[nn[a : a + chunk].to(dev)].double(), q)[:, :, 0].cpu()
     vals, order = vals.sort(dim=1, descending=True, stable=True)
     return vals, nn.gather(1, order)
 
@@ -202,9 +203,11 @@ def _rescored(q: torch.Tensor, g: torch.Tensor, self_cols: Optional[torch.Tensor
     whole gallery s (b−a, ng) (own entry −inf), the k largest (descending) and their gallery indices,
     ``members`` (b−a, ng) bool, the gallery items of the tie group that holds the k-th place, counted over
     the whole gallery (chained down past rank k), and ``hi`` (b−a, 1), that group's largest similarity
-    (items above it are the earlier groups, all inside the top k).
+    (items above it are the earlier groups, all inside the top k). Computed on the embeddings' device,
+    yielded on the CPU (each chunk is bounded by :func:`~deepmetric.retrieval.knn.exact_similarity_rows`).
     """
     for a, b, s in exact_similarity_rows(q, g, self_cols=self_cols):
+        s = s.cpu()
         top, top_idx = torch.topk(s, k, dim=1)
         start = _group_starts(top)
         last_open = torch.cummax(torch.where(start, torch.arange(k), 0), dim=1).values[:, -1]
@@ -302,6 +305,7 @@ def retrieval_metrics(
     ami: bool = False,
     seed: int = 0,
     block_size: int = 4096,
+    engine: str = "auto",
 ) -> Dict[str, float]:
     """Recall@K, precision@1, MAP@R, R-precision and NMI (SPEC.md §7; Musgrave et al., ECCV 2020).
 
@@ -324,6 +328,11 @@ def retrieval_metrics(
         ami: also report adjusted mutual information from the same clustering.
         seed: k-means seed.
         block_size: query rows per tile of the exact search (memory ≈ 2·block_size·512·4 bytes).
+        engine: ``"auto"`` (default): CUDA embeddings stay on their device and are searched there by the
+            blocked torch engine (the float64 re-scoring of tied rows runs there too; only (n, k) tables
+            and bounded chunks come to the CPU, and the k-means of NMI copies the query set to the CPU);
+            anything else uses the faiss engine on the CPU. ``"torch"`` / ``"faiss"`` force one (the
+            torch engine also runs on CPU tensors). Both give the same numbers to float tolerance.
 
     Returns:
         ``{"recall@K" for K in ks, "precision@1", "map@r", "r_precision", "nmi"?, "ami"?}`` as floats.
@@ -335,7 +344,8 @@ def retrieval_metrics(
         ValueError: shape mismatch, NaN/inf embeddings, bad masks, empty query or gallery set, K larger
             than the gallery, or no query with any same-class item in the gallery.
     """
-    x = as_float32_matrix(embeddings, "embeddings")
+    engine = resolve_engine(engine, embeddings)
+    x = as_float32_matrix(embeddings, "embeddings", keep_device=engine == "torch")
     n = x.shape[0]
     y = _as_labels(labels, n)
     qm = _as_mask(query_mask, n, "query_mask")
@@ -365,19 +375,20 @@ def retrieval_metrics(
                          "per query; drop the large K")
     k = max(ks[-1], int(r.max()))  # r.max() <= available always
     k_search = min(k + 1, available)  # one more: is the k-th place tied with what follows?
-    xq = x[q_idx]
-    xg = xq if same_set else x[g_idx]
+    xq = x[q_idx.to(x.device)]
+    xg = xq if same_set else x[g_idx.to(x.device)]
     if same_set:
         self_cols = torch.arange(nq)
-        sims, nn = topk_search(xq, None, k=k_search, exclude_self=True, block_size=block_size)
+        sims, nn = topk_search(xq, None, k=k_search, exclude_self=True, block_size=block_size, engine=engine)
     elif not bool(q_in_gallery.any()):
         self_cols = None
-        sims, nn = topk_search(xq, xg, k=k_search, exclude_self=False, block_size=block_size)
+        sims, nn = topk_search(xq, xg, k=k_search, exclude_self=False, block_size=block_size, engine=engine)
     else:  # partial overlap: each query's own gallery position, -1 if it is not in the gallery
         pos = torch.full((n,), -1, dtype=torch.int64)
         pos[g_idx] = torch.arange(ng)
         self_cols = pos[q_idx]
-        sims, nn = topk_search_with_self_map(xq, xg, k=k_search, self_cols=self_cols, block_size=block_size)
+        sims, nn = topk_search_with_self_map(xq, xg, k=k_search, self_cols=self_cols, block_size=block_size,
+                                             engine=engine)
 
     cls_q, cls_g = cls[q_idx], cls[g_idx]
     rows = scored.nonzero().flatten()
@@ -391,7 +402,7 @@ def retrieval_metrics(
     tied = _near_tie_rows(sims[rows], k)  # the k-th place may tie with items past k
     if tied.numel():
         cols = None if self_cols is None else self_cols[rows[tied]]
-        for a, b, _, top, top_idx, members, _ in _rescored(xq[rows[tied]], xg, cols, k):
+        for a, b, _, top, top_idx, members, _ in _rescored(xq[rows[tied].to(xq.device)], xg, cols, k):
             sel = tied[a:b]
             same = cls_g[None, :] == cls_q[rows[sel]][:, None]
             vals[sel] = top
@@ -400,7 +411,7 @@ def retrieval_metrics(
             t_last[sel] = (members & same).sum(dim=1).double()
     out = _expected_retrieval(vals, rel, r[scored].double(), m_last, t_last, ks)
     if nmi or ami:
-        scores = _cluster_scores(x[q_idx], y[q_idx], seed=seed, ami=ami)
+        scores = _cluster_scores(xq.cpu(), y[q_idx], seed=seed, ami=ami)  # faiss k-means: host memory
         out.update(scores if nmi else {"ami": scores["ami"]})
     return out
 
@@ -418,6 +429,7 @@ def knn_accuracy(
     temperature: float = 0.1,
     block_size: int = 4096,
     exclude_self: bool = False,
+    engine: str = "auto",
 ) -> float:
     """Top-1 accuracy of the weighted kNN classifier (Wu et al. CVPR 2018 §3.4; Ye et al. CVPR 2019 §4.1).
 
@@ -437,14 +449,17 @@ def knn_accuracy(
         exclude_self: leave-one-out: the memory IS the test set (same rows, same order) and each item's
             own entry does not vote — the protocol for unseen classes, where the training split has other
             classes than the evaluated one.
+        engine: kNN search engine, as in :func:`retrieval_metrics` (``"auto"``: CUDA tensors on their device).
 
     Returns:
         Expected fraction of test items whose predicted class equals their label, in [0, 1].
     """
     if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0 (paper: 0.1), got {temperature!r}")
-    train = l2_normalize(as_float32_matrix(train_emb, "train_emb"))
-    test = l2_normalize(as_float32_matrix(test_emb, "test_emb"))
+    engine = resolve_engine(engine, test_emb)
+    keep = engine == "torch"
+    train = l2_normalize(as_float32_matrix(train_emb, "train_emb", keep_device=keep))
+    test = l2_normalize(as_float32_matrix(test_emb, "test_emb", keep_device=keep).to(train.device))
     y_train = _as_labels(train_labels, train.shape[0], "train_labels")
     y_test = _as_labels(test_labels, test.shape[0], "test_labels")
     if test.shape[0] == 0:
@@ -454,13 +469,13 @@ def knn_accuracy(
             raise ValueError("exclude_self=True needs the memory to be the test set itself (same embeddings and labels)")
         k = min(k, test.shape[0] - 1)
         available, self_cols = test.shape[0] - 1, torch.arange(test.shape[0])
-        sims, nn = topk_search(test, k=min(k + 1, available), block_size=block_size)
+        sims, nn = topk_search(test, k=min(k + 1, available), block_size=block_size, engine=engine)
     else:
         available, self_cols = train.shape[0], None
         if isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 1 <= k <= available:
-            sims, nn = topk_search(test, train, k=min(k + 1, available), block_size=block_size)
+            sims, nn = topk_search(test, train, k=min(k + 1, available), block_size=block_size, engine=engine)
         else:
-            sims, nn = topk_search(test, train, k=k, block_size=block_size)  # raises the k error
+            sims, nn = topk_search(test, train, k=k, block_size=block_size, engine=engine)  # raises the k error
     k = int(k)
     classes, cls_train = torch.unique(y_train, return_inverse=True)
     n_cls, n_test = classes.numel(), test.shape[0]
@@ -481,7 +496,7 @@ def knn_accuracy(
         memory = test if exclude_self else train
         cols = None if self_cols is None else self_cols[tied]
         # the items tied at the k-th place share its remaining slots: each votes with w * (slots / members)
-        for a, b, s64, _, _, members, hi in _rescored(test[tied], memory, cols, k):
+        for a, b, s64, _, _, members, hi in _rescored(test[tied.to(test.device)], memory, cols, k):
             w = torch.exp(s64 / temperature)
             above = s64 > hi  # the groups before the one at rank k: all of them vote
             share = (k - above.sum(dim=1, keepdim=True)).double() / members.sum(dim=1, keepdim=True).double()
