@@ -88,6 +88,21 @@ def test_composite_loss_logs_its_terms(tmp_path, synthesis, gamma):
         assert len(tb.Scalars(tag)) == 4, tag
 
 
+def test_image_space_ranking_logs_its_term(tmp_path):
+    """Intra-variance on graded image augmentations (space=image): the loop passes images= and embed=
+    (the synthesiser refuses to run without them) and the ranking of the embedded copies is a visible,
+    non-zero loss_aux on every logged step, with loss = loss_base + γ·loss_aux."""
+    cfg = build_config(TINY, ["synthesis.name=intra_variance", "synthesis.params.space=image",
+                              "synthesis.params.band=[-1.0,1.0]", "model.channels_last=true"])
+    train(cfg, tmp_path / "run")
+    steps = [r for r in _records(tmp_path / "run") if r["split"] == "train"]
+    assert len(steps) == 4
+    for r in steps:
+        assert r["loss_aux_weight"] == 32.0
+        assert r["loss"] == pytest.approx(r["loss_base"] + 32.0 * r["loss_aux"], rel=1e-5, abs=1e-6)
+        assert abs(r["loss_aux"]) > 1e-6
+
+
 def test_plain_loss_logs_no_terms(tmp_path):
     train(build_config(TINY), tmp_path / "run")
     steps = [r for r in _records(tmp_path / "run") if r["split"] == "train"]

@@ -27,12 +27,13 @@ proxies, and synthetic rows are scored like real ones. Any other loss is refused
 ``forward(..., return_terms=True)`` returns :class:`LossTerms` (loss, base, aux, weight), loss = base +
 weight·aux, which the training loop logs as ``loss_base`` and ``loss_aux``. Synthesisers that work
 before the embedding head (intra-variance, ``space="features"``) also get the context ``features=`` and
-``head=`` that the loss receives.
+``head=`` that the loss receives; those that augment images (intra-variance, ``space="image"``) get
+``images=``, ``embed=`` and ``image_rows=``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -120,7 +121,7 @@ def real_anchored_triplets(labels: torch.Tensor, is_synthetic: torch.Tensor, *, 
 
 
 #: Keyword context a synthesiser may take; each gets only the ones its forward names.
-CONTEXT_KEYS = ("generator", "proxies", "progress", "epoch", "epochs", "features", "head")
+CONTEXT_KEYS = ("generator", "proxies", "progress", "epoch", "epochs", "features", "head", "images", "embed", "image_rows")
 
 
 class LossTerms(NamedTuple):
@@ -194,6 +195,8 @@ class SynthesisLoss(nn.Module):
         self.ranking_loss = IntraClassRankingLoss(**synthesiser.ranking_loss_params()) if combine == "ranking" else None
         #: whether the synthesiser works before the head: the loop then passes ``features=`` and ``head=``
         self.uses_features = "features" in accepted and "head" in accepted and getattr(synthesiser, "space", "features") == "features"
+        #: whether the synthesiser augments images: the loop then passes ``images=``, ``embed=``, ``image_rows=``
+        self.uses_images = "images" in accepted and "embed" in accepted and getattr(synthesiser, "space", None) == "image"
 
     def forward(
         self,
@@ -206,6 +209,9 @@ class SynthesisLoss(nn.Module):
         epochs: Optional[int] = None,
         features: Optional[torch.Tensor] = None,
         head: Optional[nn.Module] = None,
+        images: Optional[torch.Tensor] = None,
+        embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        image_rows: Optional[torch.Tensor] = None,
         return_terms: bool = False,
     ):
         """embeddings (B, d), labels (B,) -> scalar, or :class:`LossTerms` with ``return_terms``.
@@ -213,10 +219,13 @@ class SynthesisLoss(nn.Module):
         The keyword context goes to the synthesiser, each if it takes it: ``generator``, ``progress``
         (fraction of steps done), ``epoch`` (0-based), ``epochs`` (total), ``features`` (B, F) (the pooled
         backbone features the embeddings were computed from) and ``head`` (the module mapping them to
-        embeddings; used when :attr:`uses_features`).
+        embeddings; used when :attr:`uses_features`), ``images`` (n, C, H, W) (the normalised images the
+        embeddings were computed from), ``embed`` (images -> embeddings with the model) and ``image_rows``
+        (n,) (the embedding row of each image; None: image i is row i), used when :attr:`uses_images`.
         """
         context = {"generator": generator, "proxies": base_proxies(self.base_loss), "progress": progress, "epoch": epoch,
-                   "epochs": epochs, "features": features, "head": head}
+                   "epochs": epochs, "features": features, "head": head, "images": images, "embed": embed,
+                   "image_rows": image_rows}
         batch = self.synthesiser(embeddings, labels, **{k: context[k] for k in self._context_keys})
         terms = self._terms(batch, embeddings, labels, context["proxies"], return_terms)
         return terms if return_terms else terms.loss
@@ -343,6 +352,8 @@ class ComposedSynthesisLoss(nn.Module):
         self.parts = nn.ModuleList([SynthesisLoss(base_loss, synth, weight=weight) for synth, weight in parts])
         #: whether any synthesiser works before the head (the loop then passes ``features=`` and ``head=``)
         self.uses_features = any(part.uses_features for part in self.parts)
+        #: whether any synthesiser augments images (the loop then passes ``images=``, ``embed=``, ``image_rows=``)
+        self.uses_images = any(part.uses_images for part in self.parts)
 
     def forward(
         self,
@@ -355,6 +366,9 @@ class ComposedSynthesisLoss(nn.Module):
         epochs: Optional[int] = None,
         features: Optional[torch.Tensor] = None,
         head: Optional[nn.Module] = None,
+        images: Optional[torch.Tensor] = None,
+        embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        image_rows: Optional[torch.Tensor] = None,
         return_terms: bool = False,
     ):
         """embeddings (B, d), labels (B,) -> scalar; the keyword context goes to every synthesiser. With
@@ -363,7 +377,7 @@ class ComposedSynthesisLoss(nn.Module):
         total = real
         for part in self.parts:
             total = total + (part(embeddings, labels, generator=generator, progress=progress, epoch=epoch, epochs=epochs,
-                                  features=features, head=head) - real)
+                                  features=features, head=head, images=images, embed=embed, image_rows=image_rows) - real)
         if return_terms:
             return LossTerms(total, real.detach(), (total - real).detach(), 1.0)
         return total

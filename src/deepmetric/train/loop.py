@@ -95,6 +95,43 @@ def _uses_features(loss_fn: nn.Module) -> bool:
     return "features" in params and "head" in params and bool(getattr(loss_fn, "uses_features", False))
 
 
+def _uses_images(loss_fn: nn.Module) -> bool:
+    """Whether the loss wants the batch's images and a way to embed more (``images=``, ``embed=``,
+    ``image_rows=``): it accepts them and says it uses them (``uses_images``, intra-variance on images)."""
+    params = inspect.signature(loss_fn.forward).parameters
+    return all(k in params for k in ("images", "embed", "image_rows")) and bool(getattr(loss_fn, "uses_images", False))
+
+
+def _image_context(run: Run, images: torch.Tensor, unsupervised: bool) -> Dict[str, Any]:
+    """``images``, ``embed`` and ``image_rows`` for a loss that augments images (:func:`_uses_images`).
+
+    ``embed`` runs the unwrapped model (not the DDP/compiled wrapper: a second DDP forward before the
+    backward is not allowed; the gradients still reach the same parameters, which DDP reduces once) under
+    the step's autocast, with BatchNorm on batch statistics only (augmented copies must not move the
+    running statistics). Under DDP the loss sees the global batch of embeddings but only this process's
+    images: ``image_rows`` are their rows in it (rank order; (view1 | view2) halves when unsupervised),
+    so each process synthesises from its own samples.
+    """
+    from deepmetric.synthesis.intra_variance import batch_statistics_only
+
+    model, cfg, ctx = _unwrap(run.model), run.cfg, run.ctx
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        if cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _amp_context(cfg, ctx.device), batch_statistics_only(model):
+            return model(x).float()
+
+    n = len(images)
+    if unsupervised:
+        m = n // 2
+        local = torch.arange(m, device=images.device)
+        rows = torch.cat([ctx.rank * m + local, ctx.world_size * m + ctx.rank * m + local])
+    else:
+        rows = ctx.rank * n + torch.arange(n, device=images.device) if ctx.enabled else torch.arange(n, device=images.device)
+    return {"images": images, "embed": embed, "image_rows": rows}
+
+
 def _returns_terms(loss_fn: nn.Module) -> bool:
     """Whether the loss is a composite that can report its terms (``return_terms=True`` -> LossTerms)."""
     return "return_terms" in inspect.signature(loss_fn.forward).parameters
@@ -310,6 +347,8 @@ def train_step(run: Run, batch: Any, epoch: int) -> float:
         context.update(generator=gen, progress=step / max(1, run.total_steps), epoch=epoch, epochs=cfg.train.epochs)
     if feature_loss:
         context.update(features=feats.float(), head=_unwrap(run.model).head)
+    if _uses_images(run.loss_fn):
+        context.update(_image_context(run, images, run.data.unsupervised))
     want_terms = _returns_terms(run.loss_fn) and (step + 1) % cfg.train.log_every == 0
     # Losses compute in float32 whatever the autocast dtype of the network.
     with torch.autocast(device_type=device.type, enabled=False):
