@@ -340,7 +340,7 @@ def index_build_cmd(
     index = build_index_from_checkpoint(checkpoint, split=split, image_dir=images, out=out, kind=kind, overrides=set_ or [])
     src = index.metadata["source"]
     what = f"folder {src['image_dir']}" if "image_dir" in src else f"{src['dataset']} split '{src['split']}'"
-    console.print(f"indexed {len(index)} items of {what} ({index.dim}-d, {index.kind}) into {out}")
+    console.print(f"indexed {len(index)} items of {what} ({index.dim}-d, {index.kind}) into {out}", soft_wrap=True)
 
 
 @index_app.command("add")
@@ -354,7 +354,7 @@ def index_add_cmd(
     from deepmetric.serve.indexing import add_to_index
 
     ids = add_to_index(index, images, class_name=class_name)
-    console.print(f"added {len(ids)} item(s) to {index}: ids {', '.join(map(str, ids))}")
+    console.print(f"added {len(ids)} item(s) to {index}: ids {', '.join(map(str, ids))}", soft_wrap=True)
 
 
 @index_app.command("remove")
@@ -367,7 +367,7 @@ def index_remove_cmd(
     from deepmetric.serve.indexing import remove_from_index
 
     left = remove_from_index(index, ids)
-    console.print(f"removed {len(ids)} item(s) from {index}; {left} left")
+    console.print(f"removed {len(ids)} item(s) from {index}; {left} left", soft_wrap=True)
 
 
 @index_app.command("update")
@@ -382,7 +382,7 @@ def index_update_cmd(
     from deepmetric.serve.indexing import update_in_index
 
     update_in_index(index, item_id, image, class_name=class_name)
-    console.print(f"updated item {item_id} of {index} from {image}")
+    console.print(f"updated item {item_id} of {index} from {image}", soft_wrap=True)
 
 
 @app.command("search")

@@ -45,6 +45,18 @@ def preprocessing_metadata(transform: Any, *, image_size: int, resize: Optional[
             "channels": int(channels), "image_mode": "L" if channels == 1 else "RGB", "channel_order": "BGR" if caffe else "RGB"}
 
 
+class _ImagesToEmbeddings(nn.Module):
+    """The exported function, images -> embeddings, with no optional arguments: the ONNX exporter passes
+    every parameter of ``forward`` positionally, which a keyword-only option (``return_features``) refuses."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+
 def export_model(model: nn.Module, path: str | os.PathLike, *, format: Literal["onnx", "torchscript"] = "onnx",
                  example_input: torch.Tensor, opset_version: int = 17, atol: float = 1e-4,
                  metadata: Optional[Dict[str, Any]] = None) -> Path:
@@ -83,13 +95,14 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: Literal["
     path.parent.mkdir(parents=True, exist_ok=True)
     example = example_input.float().contiguous()
     was_training = model.training
+    net = _ImagesToEmbeddings(model)
     model.eval()
     try:
         with torch.no_grad():
             expected = model(example)
             if format == "onnx":
                 torch.onnx.export(
-                    model, (example,), str(path), input_names=["images"], output_names=["embeddings"],
+                    net, (example,), str(path), input_names=["images"], output_names=["embeddings"],
                     dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
                     opset_version=opset_version, dynamo=False,
                 )
@@ -97,7 +110,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, format: Literal["
                     _write_onnx_metadata(path, metadata)
                 got = _run_onnx(path, example)
             else:
-                traced = torch.jit.trace(model, example)
+                traced = torch.jit.trace(net, example)
                 torch.jit.save(traced, str(path))
                 got = torch.jit.load(str(path), map_location=example.device)(example)
     finally:
