@@ -2,7 +2,6 @@
 search, the API and the CLI to answer "no match"."""
 import itertools
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,13 +14,6 @@ from deepmetric.serve.calibration import ROC_FILE, calibrate_index
 from deepmetric.serve.indexing import IndexSearcher
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def index_copy(digits_index, tmp_path):
-    out = tmp_path / "idx"
-    shutil.copytree(digits_index, out)
-    return out
 
 
 def test_threshold_is_chosen_on_the_validation_pairs_and_stored(index_copy, tiny_run):

@@ -1,6 +1,5 @@
 """Editing an index folder by id through the CLI and the HTTP API, without re-embedding the other items."""
 import io
-import shutil
 
 import numpy as np
 import pytest
@@ -13,13 +12,6 @@ from deepmetric.retrieval.index import SearchIndex
 from deepmetric.serve.indexing import search_images
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def index_copy(digits_index, tmp_path):
-    out = tmp_path / "idx"
-    shutil.copytree(digits_index, out)
-    return out
 
 
 def _val_png(tmp_path, j):
