@@ -9,7 +9,7 @@ The table reports mean ± std over seeds and, for each seed method, the paired d
 The benchmark dataset is the first ``--chars`` characters of GB 2312 level 1 (first half train, its last 20%
 validation, second half test), generated on first use under ``data/`` from the installed fonts (``make glyphs``).
 
-    python benchmarks/bench_glyphs.py                      # the table (3 seeds, ~70 min on 2 cores; see SIZE)
+    python benchmarks/bench_glyphs.py                      # the table (3 seeds, ~75 min on a quiet 2-core CPU; see SIZE)
     python benchmarks/bench_glyphs.py --seeds 0 --recipes proxy_anchor proxy_anchor_see --out runs/pilot
 
 Results go to benchmarks/results/glyphs[_effnet].{md,json} with the machine, the date and the wall time.
@@ -51,14 +51,13 @@ METHODS = [
 ]
 METRICS = [("recall@1", "R@1"), ("recall@2", "R@2"), ("recall@4", "R@4"), ("recall@8", "R@8"), ("map@r", "MAP@R"), ("nmi", "NMI")]
 
-#: The committed table's size, chosen so that 14 methods × 3 seeds fit in 90 minutes on a quiet 2-core CPU
-#: with --jobs 2 (two runs at a time, one thread each). Estimate from a pilot (one seed, 1 epoch of 5 and of
-#: 15 steps, 600 characters at 32 px, measured in CPU seconds because the machine was shared, load ~20):
-#: Proxy-Anchor 1.24 CPU s per step of 128 images, instance softmax (two views) 2.76, about 30 CPU s per run
-#: for set-up and the 4 validation + 1 test evaluations. A run of 4 × 25 steps: ~154 CPU s supervised,
-#: ~306 two-view (+~40 for the neighbour search); 10 supervised + 4 two-view methods × 3 seeds ≈ 8,400 CPU s,
-#: i.e. ≈ 70 min on 2 cores. Not measured: the extra cost of EE / SEE / intra-variance (small next to a step).
-SIZE = {"chars": 600, "image_size": 32, "epochs": 4, "steps": 25, "batch_size": 128, "samples_per_class": 4}
+#: The committed table's size, chosen so that 14 methods x 3 seeds fit in 90 minutes on a quiet 2-core CPU
+#: with --jobs 2 (two runs at a time, one thread each). Every run takes the same number of optimiser steps
+#: (epochs x steps) of the same number of images (batch_size): label-free two-view recipes draw
+#: batch_size / 2 instances x 2 views, so that no method sees more images or gradients than another.
+#: Pilot on a quiet machine (Proxy-Anchor, glyph_cnn, 600 characters at 32 px, 10 epochs of 28 steps): about
+#: 250 CPU s per run including the 10 validation and 1 test evaluations; 42 runs of 8 x 28 steps ~ 8,600 CPU s.
+SIZE = {"chars": 600, "image_size": 32, "epochs": 8, "steps": 28, "batch_size": 128, "samples_per_class": 4}
 
 
 def dataset_root(chars: int, image_size: int) -> Path:
@@ -74,7 +73,7 @@ def dataset_root(chars: int, image_size: int) -> Path:
 
 
 def run_one(job):
-    recipe, seed, size, root, device, threads, dim = job
+    recipe, seed, size, root, device, threads, dim, extra = job
     import torch
 
     torch.set_num_threads(threads)
@@ -86,8 +85,12 @@ def run_one(job):
                  f"data.batch_size={size['batch_size']}", "train.progress=false", "train.report=false"]
     if dim is not None:
         overrides.append(f"model.embedding_dim={dim}")
-    if load_config(ROOT / "configs" / f"{recipe}.yaml").data.sampler == "m_per_class":  # label-free recipes draw instances
+    overrides += list(extra)
+    data = load_config(ROOT / "configs" / f"{recipe}.yaml").data
+    if data.sampler == "m_per_class":  # label-free recipes draw instances
         overrides.append(f"data.samples_per_class={size['samples_per_class']}")
+    if data.two_view:  # equal images per step: half as many instances, two views each
+        overrides.append(f"data.batch_size={size['batch_size'] // 2}")
     cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", overrides)
     t, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,13 +144,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--backbone", choices=["small", "effnet"], default="small",
-                    help="small: configs/glyphs_*.yaml (small CNN, 64-d); effnet: configs/glyphs_effnet_*.yaml (EfficientNet-Lite0, 512-d)")
+                    help="small: configs/glyphs_*.yaml (glyph_cnn from scratch, 64-d); effnet: configs/glyphs_effnet_*.yaml (EfficientNet-Lite0, 512-d)")
     ap.add_argument("--dim", type=int, default=None, help="override the recipes' embedding size (e.g. 512 with the small CNN)")
     for k, v in SIZE.items():
         ap.add_argument(f"--{k.replace('_', '-')}", type=int, default=v)
     ap.add_argument("--recipes", nargs="*", default=None, help="method suffixes (e.g. proxy_anchor proxy_anchor_see); default all")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time; each uses cpu_count / jobs threads")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for every run (e.g. model.backbone=small_cnn); recorded in the results")
     ap.add_argument("--out", default=None, help="output path without suffix (default benchmarks/results/glyphs[_effnet][_dN])")
     a = ap.parse_args()
     size = {k: getattr(a, k) for k in SIZE}
@@ -165,7 +170,7 @@ def main() -> None:
     root = dataset_root(size["chars"], size["image_size"])
     manifest = check(root)
     threads = max(1, (os.cpu_count() or 2) // a.jobs)
-    jobs = [(prefix + suffix, s, size, str(root), a.device, threads, a.dim) for _, suffix, _ in methods for s in a.seeds]
+    jobs = [(prefix + suffix, s, size, str(root), a.device, threads, a.dim, tuple(a.overrides)) for _, suffix, _ in methods for s in a.seeds]
     started = time.perf_counter()
     results = []
     with ProcessPoolExecutor(a.jobs) as pool:
@@ -186,7 +191,7 @@ def main() -> None:
     Path(str(out) + ".json").write_text(json.dumps({**info, "runs": results}, indent=1, ensure_ascii=False) + "\n")
     c = manifest["counts"]
     lines = [
-        f"# Glyphs benchmark ({'small CNN' if a.backbone == 'small' else 'EfficientNet-Lite0'}"
+        f"# Glyphs benchmark ({'glyph_cnn' if a.backbone == 'small' else 'EfficientNet-Lite0'}"
         f"{f', {a.dim}-d' if a.dim else ''}): unseen Han characters",
         "",
         f"Command: `{info['command']}` on {info['date']}, {info['machine']['cpus']} CPUs ({info['machine']['processor']}), "
@@ -196,8 +201,8 @@ def main() -> None:
         f"{c['train']['classes']} characters ({c['train']['images']} images), validation {c['val']['classes']} ({c['val']['images']}), "
         f"test {c['test']['classes']} unseen characters ({c['test']['images']} images), {len(info['dataset']['typefaces'])} typefaces. "
         f"Equal budget for every method: {size['epochs']} epochs × {size['steps']} steps of {size['batch_size']} images "
-        f"({size['batch_size'] // size['samples_per_class']} characters × {size['samples_per_class']}, or {size['batch_size']} "
-        f"instances × 2 views without labels); best.pt selected on validation MAP@R. Mean ± std over seeds {a.seeds}; "
+        f"({size['batch_size'] // size['samples_per_class']} characters × {size['samples_per_class']}, or {size['batch_size'] // 2} "
+        f"instances × 2 views for the two-view recipes); best.pt selected on validation MAP@R. Mean ± std over seeds {a.seeds}; "
         "Δ = paired difference to the method's base (same seed), 95% t-interval over seeds. Percentages.",
         "",
         *table(results, methods, prefix),

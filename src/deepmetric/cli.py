@@ -67,9 +67,11 @@ def metrics_table(title: str, rows: dict) -> Table:
     return table
 
 
-#: The glyphs demo: Multi-Similarity on 32x32 glyphs, 50 steps of 32 characters x 4 typefaces per epoch.
+#: The glyphs demo: Multi-Similarity on 32x32 glyphs with the layout-keeping glyph_cnn, 50 steps of 32 characters
+#: x 4 typefaces per epoch.
 GLYPHS_DEMO = {
     "name": "demo_glyphs",
+    "model": {"backbone": "glyph_cnn"},
     "data": {"dataset": "glyphs", "transform": "glyphs", "image_size": 32, "batch_size": 128, "samples_per_class": 4},
     "loss": {"name": "multi_similarity"},
     "train": {"max_steps_per_epoch": 50},
