@@ -9,7 +9,7 @@ from deepmetric.registry import BACKBONES
 
 
 def test_registry_lists_every_builtin_backbone():
-    assert set(BACKBONES.names()) >= {"small_cnn", "cifar_resnet18", "resnet18", "resnet50", "googlenet", "bn_inception",
+    assert set(BACKBONES.names()) >= {"small_cnn", "glyph_cnn", "cifar_resnet18", "resnet18", "resnet50", "googlenet", "bn_inception",
                                       "vit_small", "deit_small", "efficientnet_lite0"}
 
 
@@ -21,6 +21,32 @@ def test_small_cnn_single_channel_shapes(size):
         f = bb(torch.randn(3, 1, size, size))
     assert fmap.shape == (3, 128, size // 4, size // 4)
     assert f.shape == (3, 128) and bb.num_features == 128
+
+
+@pytest.mark.parametrize("size", [32, 64, 8])
+def test_glyph_cnn_shapes_at_any_size(size):
+    bb = build_backbone("glyph_cnn", in_chans=1).eval()
+    with torch.no_grad():
+        fmap = bb.forward_map(torch.randn(2, 1, size, size))
+        f = bb(torch.randn(2, 1, size, size))
+    assert fmap.shape == (2, 512, 1, 1) and f.shape == (2, 512) and bb.num_features == 512
+    assert 2.4e6 < sum(p.numel() for p in bb.parameters()) < 2.6e6
+
+
+def test_glyph_cnn_keeps_the_layout_small_cnn_averages_away():
+    """The same stroke pattern in the top-left or the bottom-right quadrant: small_cnn's average over its
+    map is blind to the move (shift by a multiple of its stride 4, far from the borders), glyph_cnn is not."""
+    torch.manual_seed(0)
+    patch = (torch.rand(1, 1, 8, 8) > 0.5).float()
+    a, b = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    a[..., 12:20, 12:20] = patch
+    b[..., 44:52, 44:52] = patch
+    for name, lo, hi in (("small_cnn", 0.0, 1e-5), ("glyph_cnn", 0.2, float("inf"))):
+        bb = build_backbone(name, in_chans=1).eval()
+        with torch.no_grad():
+            fa, fb = bb(a), bb(b)
+        rel = ((fa - fb).norm() / fa.norm()).item()
+        assert lo <= rel < hi, (name, rel)
 
 
 def test_global_pool_closed_form():
