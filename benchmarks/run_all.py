@@ -1,8 +1,9 @@
 """Regenerate every benchmark and collect their tables into benchmarks/RESULTS.md (`make bench`).
 
-The accuracy table trains 12 methods × 3 seeds; on this 2-core CPU that takes hours, so by default it is
-re-collected from its last committed result (benchmarks/results/accuracy.md); pass --accuracy to rerun it
-(on a GPU machine: --accuracy --device cuda --jobs 8).
+The accuracy tables train every method × 3 seeds (the glyphs table about 80 minutes on this 2-core CPU, the
+MNIST one about 10), so by default they are re-collected from their last committed results
+(benchmarks/results/glyphs.md, accuracy.md); pass --glyphs / --accuracy to rerun them (on a GPU machine add
+--device cuda --jobs 8).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PARTS = [
+    ("Glyphs: unseen Han characters, every method at an equal budget", "glyphs.md", None),
     ("Evaluation engine vs PML AccuracyCalculator", "eval.md", ["bench_eval.py", "--sizes", "cub,sop"]),
     ("Losses and synthesisers: forward + backward", "losses.md", ["bench_losses.py"]),
     ("Training step throughput", "train_step.md", ["bench_train_step.py"]),
@@ -25,7 +27,8 @@ PARTS = [
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--accuracy", action="store_true", help="also rerun the accuracy benchmark")
+    ap.add_argument("--accuracy", action="store_true", help="also rerun the MNIST accuracy benchmark")
+    ap.add_argument("--glyphs", action="store_true", help="also rerun the glyphs benchmark (needs `make glyph-fonts`)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--collect-only", action="store_true")
@@ -33,6 +36,8 @@ def main() -> None:
     for _, _, cmd in PARTS:
         if cmd and not a.collect_only:
             subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], check=True, cwd=HERE.parent)
+    if a.glyphs and not a.collect_only:
+        subprocess.run([sys.executable, str(HERE / "bench_glyphs.py"), "--device", a.device, "--jobs", str(max(a.jobs, 2))], check=True, cwd=HERE.parent)
     if a.accuracy and not a.collect_only:
         subprocess.run([sys.executable, str(HERE / "bench_accuracy.py"), "--device", a.device, "--jobs", str(a.jobs)], check=True, cwd=HERE.parent)
     out = ["# deepmetric benchmark results", "", "Regenerate with `make bench` (see benchmarks/run_all.py). Each section is "

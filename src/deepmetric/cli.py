@@ -74,6 +74,7 @@ GLYPHS_DEMO = {
     "model": {"backbone": "glyph_cnn"},
     "data": {"dataset": "glyphs", "transform": "glyphs", "image_size": 32, "batch_size": 128, "samples_per_class": 4},
     "loss": {"name": "multi_similarity"},
+    "optim": {"warmup_epochs": 1},
     "train": {"max_steps_per_epoch": 50},
 }
 
