@@ -68,6 +68,17 @@ SIZE = {"chars": 600, "image_size": 32, "epochs": 8, "steps": 28, "batch_size": 
 EFFNET_IMAGE_SIZE = 64
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def dataset_root(chars: int, image_size: int) -> Path:
     """The benchmark's dataset folder; generated from the installed fonts on first use."""
     from deepmetric.data.glyphs import check, generate
@@ -208,7 +219,7 @@ def main() -> None:
     from common import machine
 
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 1),
-            "machine": {**machine(), "processor": platform.processor() or platform.machine(), "load_average_at_end": os.getloadavg()},
+            "machine": {**machine(), "processor": cpu_model(), "load_average_at_end": os.getloadavg()},
             "command": "python benchmarks/bench_glyphs.py " + " ".join(sys.argv[1:]), "size": size, "seeds": a.seeds,
             "backbone": a.backbone, "dim": a.dim, "dataset": {"root": str(root.relative_to(ROOT)) if root.is_relative_to(ROOT) else str(root),
                                                               "counts": manifest["counts"],
