@@ -31,7 +31,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -208,17 +207,10 @@ def matmul_peak() -> float:
 # ------------------------------------------------------------------------------------------ report
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import common
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="cub,sop")
     ap.add_argument("--out", default="benchmarks/results/eval.md")
@@ -237,7 +229,7 @@ def main() -> None:
     peak = matmul_peak()
     results = {"command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
                "date": datetime.datetime.now().isoformat(timespec="seconds"),
-               "machine": {"nproc": os.cpu_count(), "torch_threads": THREADS, "cpu": cpu_model(),
+               "machine": {"nproc": os.cpu_count(), "torch_threads": THREADS, "cpu": common.cpu_model(),
                            "torch": torch.__version__, "faiss": faiss.__version__},
                "matmul_peak_gflops": peak / 1e9, "sizes": {}}
     base_modes = ["baseline", "ours", "ours+nmi", "knn"] + ([] if args.no_pml else ["pml", "pml-ip"])

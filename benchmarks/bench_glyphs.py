@@ -21,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -66,17 +65,6 @@ SIZE = {"chars": 600, "image_size": 32, "epochs": 8, "steps": 28, "batch_size": 
 #: ImageNet features need room: at 32x32 EfficientNet-Lite0's last map is 1x1 and its pretrained features
 #: retrieve validation characters worse than random weights (R@1 5.2% vs 24.6%; 83.8% at 64x64).
 EFFNET_IMAGE_SIZE = 64
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def dataset_root(chars: int, image_size: int) -> Path:
@@ -216,7 +204,7 @@ def main() -> None:
                   f"{100 * r['map@r']:.2f}, {r['wall_seconds']:.0f} s wall, {r['cpu_seconds']:.0f} CPU s", flush=True)
     wall = time.perf_counter() - started
 
-    from common import machine
+    from common import cpu_model, machine
 
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 1),
             "machine": {**machine(), "processor": cpu_model(), "load_average_at_end": os.getloadavg()},

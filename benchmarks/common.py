@@ -5,9 +5,21 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Dict
 
 import torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def machine() -> Dict[str, str]:

@@ -311,22 +311,24 @@ class GlyphCNN(nn.Module):
         return self.layout(self.stages(x))
 
 
-@BACKBONES.register("glyph_cnn")
-def glyph_cnn(pretrained: Optional[str], in_chans: int, pooling: str) -> Backbone:
-    """``GlyphCNN``: a layout-keeping CNN for the glyphs benchmark (any size >= 32x32); 512 features."""
+def _from_scratch(name: str, cls: type, pretrained: Optional[str], in_chans: int, pooling: str) -> Backbone:
+    """One of our own small networks (``cls(in_chans)``, features ``cls.num_features``); weights from a local file."""
     _check(pooling, in_chans)
-    bb = Backbone("glyph_cnn", GlyphCNN(in_chans), GlyphCNN.num_features, in_chans=in_chans, pooling=pooling)
+    bb = Backbone(name, cls(in_chans), cls.num_features, in_chans=in_chans, pooling=pooling)
     bb.load_pretrained(pretrained)
     return bb
+
+
+@BACKBONES.register("glyph_cnn")
+def glyph_cnn(pretrained: Optional[str], in_chans: int, pooling: str) -> Backbone:
+    """``GlyphCNN``: a layout-keeping CNN for the glyphs benchmark (any size >= 8x8; 32x32 or 64x64 glyphs); 512 features."""
+    return _from_scratch("glyph_cnn", GlyphCNN, pretrained, in_chans, pooling)
 
 
 @BACKBONES.register("small_cnn")
 def small_cnn(pretrained: Optional[str], in_chans: int, pooling: str) -> Backbone:
     """``SmallCNN``: a fast CNN for MNIST (28x28) and sklearn digits (8x8); 128 features."""
-    _check(pooling, in_chans)
-    bb = Backbone("small_cnn", SmallCNN(in_chans), SmallCNN.num_features, in_chans=in_chans, pooling=pooling)
-    bb.load_pretrained(pretrained)
-    return bb
+    return _from_scratch("small_cnn", SmallCNN, pretrained, in_chans, pooling)
 
 
 def build_backbone(name: str, *, pretrained: Optional[str] = None, in_chans: int = 3, pooling: str = "avg") -> Backbone:
