@@ -59,3 +59,29 @@ def test_plot_curves_without_validation_has_two_panels(tmp_path):
     one = plot_curves(recs, tmp_path / "a.png")
     two = plot_curves(recs + [{"split": "val", "epoch": 1, "step": 4, "map@r": 0.2}], tmp_path / "b.png")
     assert Image.open(one).size[0] < Image.open(two).size[0]  # the validation panel adds width
+
+
+def test_han_class_names_are_drawn_with_an_installed_cjk_font(tmp_path):
+    """Glyphs class names are Han characters: with a CJK font installed (make glyph-fonts) no character is
+    drawn as a missing-glyph box; the default family stays first for Latin text."""
+    import warnings
+
+    from deepmetric.report import CJK_FAMILIES, font_families
+
+    import shutil
+    import subprocess
+
+    fams = font_families()
+    assert fams[0] == "DejaVu Sans" and len(fams) <= 2 and all(f in CJK_FAMILIES for f in fams[1:])
+    fc = shutil.which("fc-list")
+    system_han = fc and any(n in subprocess.run([fc, ":lang=zh", "family"], capture_output=True, text=True).stdout
+                            for n in CJK_FAMILIES)
+    if not system_han:
+        pytest.skip("no CJK font of CJK_FAMILIES installed (make glyph-fonts installs them)")
+    assert len(fams) == 2, f"fontconfig has a CJK family of {CJK_FAMILIES} but the report would not use it: {fams}"
+    records = [{"split": "train", "epoch": 1, "step": s, "loss": 1.0 / s, "lr": 0.1} for s in range(1, 5)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_curves(records, tmp_path / "c.png", title="字体 run")
+    missing = [str(w.message) for w in caught if "missing from font" in str(w.message)]
+    assert not missing, missing

@@ -12,6 +12,7 @@ pyplot's global state.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,45 @@ REPORT_DIR = "report"
 #: Metrics drawn in the validation panel, when logged.
 VAL_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision", "nmi", "knn_accuracy")
 OK, BAD = "#1a9641", "#d7191c"
+
+
+#: Families tried after matplotlib's default for characters it lacks (class names of the glyphs dataset and
+#: of any CJK-labelled data are Han characters): the first one installed is used.
+CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback",
+                "AR PL UMing CN", "IPAGothic", "IPAexGothic")
+
+
+@functools.lru_cache(maxsize=1)
+def font_families() -> List[str]:
+    """matplotlib's default sans-serif family, then the first installed of :data:`CJK_FAMILIES` as a fallback.
+
+    matplotlib's font cache is built once; fonts installed later (``make glyph-fonts`` after a first plot)
+    are missing from it, so when it knows no CJK family the system's font files it has not seen are added
+    (half a second for the 62 files of the glyphs fonts)."""
+    from matplotlib import font_manager
+
+    fm = font_manager.fontManager
+    if not any(f.name in CJK_FAMILIES for f in fm.ttflist):
+        known = {f.fname for f in fm.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    fm.addfont(path)
+                except Exception:  # noqa: BLE001 - an unreadable font file only loses that font
+                    continue
+    installed = {f.name for f in fm.ttflist}
+    return ["DejaVu Sans", *[f for f in CJK_FAMILIES if f in installed][:1]]
+
+
+def _with_fonts(plot):
+    """Draw ``plot`` with :func:`font_families` (text objects take their family when created)."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"font.family": font_families()}):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _figure(width: float, height: float):
@@ -72,6 +112,7 @@ def _metric_panel(ax, records: Sequence[Dict[str, Any]], title: str) -> None:
         ax.set_xticks(sorted(set(epochs)))
 
 
+@_with_fonts
 def plot_curves(records: Sequence[Dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Loss and lr against the step, validation metrics against the epoch (see the module docstring)."""
     train = [r for r in records if r.get("split") == "train" and "loss" in r]
@@ -152,6 +193,7 @@ def _tile(image: Any, side: int, border: int, colour: str) -> np.ndarray:
     return out
 
 
+@_with_fonts
 def plot_retrieval_grid(images: Any, embeddings: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
                         *, num_queries: int = 8, k: int = 8, seed: int = 0, title: str = "", cell: int = 110) -> Path:
     """Queries (left column, grey frame) and their top-k neighbours among the other items (the query itself
@@ -199,6 +241,7 @@ def plot_retrieval_grid(images: Any, embeddings: np.ndarray, labels: np.ndarray,
     return Path(path)
 
 
+@_with_fonts
 def plot_embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | os.PathLike,
                        *, max_points: int = 2000, seed: int = 0, title: str = "") -> Path:
     """t-SNE of (up to ``max_points``, sampled with a private RNG) embeddings, one colour per class."""
