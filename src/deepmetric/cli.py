@@ -168,7 +168,7 @@ def eval_cmd(
     index: Optional[str] = typer.Option(None, "--index", help="also score through deployed indexes, e.g. hnsw,ivfpq,float16,int8,pca32 (with size and latency)"),
 ) -> None:
     """Evaluate a checkpoint on a split with the config stored inside it."""
-    from deepmetric.inference import evaluate_checkpoint
+    from deepmetric.inference import embed_checkpoint, evaluate_checkpoint
 
     if rerank is not None:
         from deepmetric.retrieval.rerank import METHODS
@@ -177,26 +177,24 @@ def eval_cmd(
             raise ValueError(f"--rerank {rerank!r} is not one of {', '.join(METHODS)}")
     metrics = evaluate_checkpoint(checkpoint, split=split, overrides=set_ or [])
     rows = {split: metrics}
+    # --rerank, --index and --detail share one embedding of the split (the metrics above embed it as training does)
+    embedded = embed_checkpoint(checkpoint, split=split, overrides=set_ or []) if rerank or index or detail else None
     if rerank is not None:
         from deepmetric.retrieval.rerank import rerank_metrics
-        from deepmetric.inference import embed_checkpoint
 
-        emb, labels = embed_checkpoint(checkpoint, split=split, overrides=set_ or [])
         ks = tuple(int(k[len("recall@"):]) for k in metrics if k.startswith("recall@"))
-        rows[f"{split}, {rerank}"] = rerank_metrics(emb, labels, method=rerank, ks=ks or (1, 2, 4, 8))
+        rows[f"{split}, {rerank}"] = rerank_metrics(*embedded, method=rerank, ks=ks or (1, 2, 4, 8))
     console.print(metrics_table(f"{checkpoint} on '{split}', %", rows))
     if index is not None:
-        _print_deployed(checkpoint, split, set_ or [], [v.strip() for v in index.split(",") if v.strip()])
+        _print_deployed(*embedded, split, [v.strip() for v in index.split(",") if v.strip()])
     if detail:
-        _print_detail(checkpoint, split, set_ or [], per_class)
+        _print_detail(*embedded, split, per_class)
 
 
-def _print_deployed(checkpoint: Path, split: str, overrides: List[str], variants: List[str]) -> None:
+def _print_deployed(emb, labels, split: str, variants: List[str]) -> None:
     """R@K / MAP@R through each deployed index variant next to exact search, with size and latency."""
     from deepmetric.retrieval.deployed import deployed_quality
-    from deepmetric.inference import embed_checkpoint
 
-    emb, labels = embed_checkpoint(checkpoint, split=split, overrides=overrides)
     rows = deployed_quality(emb, labels, variants=variants)
     table = Table(title=f"'{split}' through deployed indexes (self-search), %")
     for col in ("index", "R@1", "R@8", "MAP@R", "MiB", "bytes/item", "ms/query"):
@@ -207,15 +205,13 @@ def _print_deployed(checkpoint: Path, split: str, overrides: List[str], variants
     console.print(table)
 
 
-def _print_detail(checkpoint: Path, split: str, overrides: List[str], per_class_out: Optional[Path]) -> None:
+def _print_detail(emb, labels, split: str, per_class_out: Optional[Path]) -> None:
     """P@k / Recall@k / mAP@k (expected over tie orders), FNMR@FMR and the worst classes of one split."""
     import json
 
     from deepmetric.retrieval.openset import fnmr_at_fmr, pair_scores
     from deepmetric.retrieval.topk_metrics import topk_metrics
-    from deepmetric.inference import embed_checkpoint
 
-    emb, labels = embed_checkpoint(checkpoint, split=split, overrides=overrides)
     ks = tuple(k for k in (1, 5, 10, 20) if k < len(labels))
     top = topk_metrics(emb, labels, ks=ks, per_class=True)
     rates = fnmr_at_fmr(pair_scores(emb, labels))
@@ -490,10 +486,8 @@ def export_cmd(
     """Export the checkpoint's model (images -> embeddings) and check the file reproduces it."""
     import torch
 
-    from deepmetric.export import export_model
+    from deepmetric.export import export_model, preprocessing_metadata
     from deepmetric.inference import Embedder
-
-    from deepmetric.export import preprocessing_metadata
 
     embedder = Embedder.from_checkpoint(checkpoint, set_ or [], device="cpu")
     size = embedder.cfg.data.image_size
